@@ -1,0 +1,9 @@
+"""lrkit: methods that learn the learning rate, as drop-in PyTorch optimizers.
+
+Papers: L4 (Rolinek & Martius 2018), hypergradient schedules HD/RTHO/MARTHE/LRS-OPT
+(Donini et al.), MLR-SNet (Shu et al. 2022), data-dependent dynamic LRs (Saxena et al.).
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,147 @@
+"""What a task is: model, loss (mean and per example), data, budget and metrics.
+
+Every method and baseline in lrkit trains on a :class:`Task` through the same interface, so
+adding a task is one registry entry (see :mod:`lrkit.tasks`) plus the code that builds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from lrkit.data.batches import Batch, iterate_batches
+
+
+@dataclass
+class TaskData:
+    """Tensors of one task instance. The validation split is held out of the training set
+    (class-balanced where there are classes): methods that declare they need validation
+    data (hypergradients, meta-learning) draw batches from it; baselines never see it.
+    ``train_indices`` are the instance ids that travel with every training batch."""
+
+    train_inputs: torch.Tensor
+    train_targets: torch.Tensor
+    validation_inputs: torch.Tensor
+    validation_targets: torch.Tensor
+    test_inputs: torch.Tensor
+    test_targets: torch.Tensor
+    num_classes: int | None = None
+    train_indices: torch.Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train_inputs.shape[0])
+
+
+@dataclass
+class Task:
+    """A training problem.
+
+    ``per_example_loss(outputs, targets)`` returns one loss per row; the training loss is
+    their mean (``reduction="mean"``) or sum (``"sum"``, e.g. the sum-of-squares regression
+    of L4's Table 2). ``batch_size=None`` means full-batch (deterministic) training.
+    ``steps`` is the default budget in optimizer steps; ``primary_metric`` (with
+    ``maximize``) is what tuning selects on.
+    """
+
+    name: str
+    description: str
+    model_factory: Callable[[torch.Generator], nn.Module]
+    data_factory: Callable[[int], TaskData]
+    per_example_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    batch_size: int | None
+    steps: int
+    eval_every: int
+    primary_metric: str = "test_accuracy"
+    maximize: bool = True
+    reduction: Literal["mean", "sum"] = "mean"
+    metrics_fn: Callable[[nn.Module, TaskData], dict[str, float]] | None = None
+    data_seed_from_run: bool = False
+    options: dict = field(default_factory=dict)
+
+    def build_model(self, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
+        generator = torch.Generator().manual_seed(seed)
+        return self.model_factory(generator).to(dtype)
+
+    def load_data(self, seed: int = 0) -> TaskData:
+        """The task's data. Real datasets use a fixed split (``seed`` ignored unless
+        ``data_seed_from_run``); synthetic problems draw a new problem per seed."""
+        return self.data_factory(seed if self.data_seed_from_run else 0)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        per_example = self.per_example_loss(outputs, targets)
+        return per_example.sum() if self.reduction == "sum" else per_example.mean()
+
+    def steps_per_epoch(self, data: TaskData, batch_size: int | None = None) -> int:
+        size = self.batch_size if batch_size is None else batch_size
+        return 1 if size is None else max(1, data.num_train // size)
+
+    def train_batches(
+        self, data: TaskData, generator: torch.Generator, batch_size: int | None = None
+    ) -> Iterator[Batch]:
+        """Endless stream of training batches: reshuffled epochs, each batch with indices."""
+        size = self.batch_size if batch_size is None else batch_size
+        while True:
+            yield from iterate_batches(
+                data.train_inputs,
+                data.train_targets,
+                size,
+                generator=generator,
+                indices=data.train_indices,
+            )
+
+    def validation_batches(
+        self, data: TaskData, generator: torch.Generator, batch_size: int | None = None
+    ) -> Iterator[Batch]:
+        """Endless stream of batches from the held-out validation (meta) split."""
+        size = self.batch_size if batch_size is None else batch_size
+        size = None if size is None else min(size, int(data.validation_inputs.shape[0]))
+        while True:
+            yield from iterate_batches(
+                data.validation_inputs, data.validation_targets, size, generator=generator
+            )
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
+        """Metrics of ``model`` (put in eval mode and restored). Default: test loss, and test
+        accuracy for classification tasks; tasks may replace this with ``metrics_fn``."""
+        was_training = model.training
+        model.eval()
+        try:
+            if self.metrics_fn is not None:
+                return self.metrics_fn(model, data)
+            return classification_metrics(self, model, data.test_inputs, data.test_targets)
+        finally:
+            model.train(was_training)
+
+
+def classification_metrics(
+    task: Task,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    prefix: str = "test",
+    chunk: int = 2048,
+) -> dict[str, float]:
+    """Mean loss and (when outputs are class scores) accuracy, in chunks, no grad."""
+    total_loss, correct, count = 0.0, 0, 0
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    for start in range(0, inputs.shape[0], chunk):
+        x = inputs[start : start + chunk]
+        x = x.to(dtype) if x.is_floating_point() else x
+        y = targets[start : start + chunk]
+        out = model(x)
+        total_loss += float(task.per_example_loss(out, y).double().sum())
+        if out.dim() >= 2 and not y.is_floating_point():
+            correct += int((out.argmax(dim=-1) == y).sum())
+        count += int(y.numel()) if out.dim() > 2 else int(y.shape[0])
+    metrics = {f"{prefix}_loss": total_loss / max(1, inputs.shape[0])}
+    if correct or (targets.numel() and not targets.is_floating_point()):
+        metrics[f"{prefix}_accuracy"] = correct / max(1, count)
+    return metrics
