@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+StepFunction = Callable[[torch.optim.Optimizer, Any], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class MethodSpec:
     ``averaging``: ``"ema"`` or ``"polynomial"`` means the evaluated weights are an average.
     ``train_eval_switch``: the optimizer has ``train()``/``eval()`` (Schedule-Free).
     ``conformance_skips``: check name -> documented reason that check cannot apply.
+    ``step_fn(optimizer, step_inputs)``: how the harness takes one step when the method
+    needs more than the training closure (default: ``optimizer.step(step_inputs.closure)``).
     """
 
     name: str
@@ -47,6 +50,7 @@ class MethodSpec:
     averaging: Literal["none", "ema", "polynomial"] = "none"
     train_eval_switch: bool = False
     conformance_skips: dict[str, str] = field(default_factory=dict)
+    step_fn: StepFunction | None = None
     paper: str = ""
 
     @property
