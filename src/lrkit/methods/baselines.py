@@ -3,7 +3,8 @@
 Each takes ``lr`` (tuned by the suites' log grids) and the harness adds an LR schedule
 (``schedule`` hyperparameter, :mod:`lrkit.methods.schedules`). ``polyak`` is SGD with
 momentum whose evaluated weights are an exponential moving average of the iterates
-(``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn``, decay 0.999).
+(``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn``; the decay gives an
+averaging window of a tenth of the budget, see ``lrkit.harness.step.ema_decay_for_budget``).
 Lookahead lives in :mod:`lrkit.methods.lookahead`.
 """
 
@@ -81,7 +82,7 @@ register_method(
 register_method(
     MethodSpec(
         name="polyak",
-        summary="SGD momentum 0.9, evaluated at the EMA (0.999) of its iterates (swa_utils)",
+        summary="SGD momentum 0.9, evaluated at an EMA of its iterates (swa_utils)",
         kind="baseline",
         make_optimizer=_momentum,
         defaults={"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0},

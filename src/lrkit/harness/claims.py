@@ -1,0 +1,52 @@
+"""Reusable claim checks for suites: each returns a :class:`lrkit.harness.suites.Claim`
+whose check reads the measured summary of one experiment."""
+
+from __future__ import annotations
+
+from lrkit.harness.bench import ExperimentResult
+from lrkit.harness.suites import Claim
+
+
+def _describe(result: ExperimentResult, label: str, metric: str) -> str:
+    from lrkit.harness.report import mean_std
+
+    return f"{label} {mean_std(result.row(label, metric))}"
+
+
+def matches_or_beats(method: str, baseline: str, text: str, metric: str | None = None) -> Claim:
+    """Held when ``method``'s mean is at least as good as ``baseline``'s mean minus one
+    standard deviation of the baseline (i.e. beats it or ties within its seed noise)."""
+
+    def check(result: ExperimentResult) -> tuple[bool | None, str]:
+        name = metric or result.primary_metric
+        ours, theirs = result.row(method, name), result.row(baseline, name)
+        if ours is None or theirs is None or ours["mean"] is None or theirs["mean"] is None:
+            return None, "missing or fully diverged runs"
+        slack = theirs["std"] or 0.0
+        bar = theirs["mean"] - slack if result.maximize else theirs["mean"] + slack
+        held = ours["mean"] >= bar if result.maximize else ours["mean"] <= bar
+        diff = ours["mean"] - theirs["mean"]
+        return held, (
+            f"{_describe(result, method, name)} vs {_describe(result, baseline, name)} "
+            f"(difference {diff:+.4g}; {name})"
+        )
+
+    return Claim(text, check)
+
+
+def reaches_relative_loss(method: str, threshold: float, text: str) -> Claim:
+    """Held when every seed of ``method`` drove the training loss to ``threshold`` × its
+    initial value (needs the experiment's ``loss_thresholds`` to contain it)."""
+
+    def check(result: ExperimentResult) -> tuple[bool | None, str]:
+        row = result.row(method, f"steps_to_{threshold:g}")
+        if row is None:
+            return None, f"no runs of {method}"
+        held = row["n"] == row["runs"] and row["runs"] > 0
+        final = result.row(method, "train_loss_end")
+        tail = (
+            "" if final is None else f"; final loss {_describe(result, method, 'train_loss_end')}"
+        )
+        return held, f"{row['n']}/{row['runs']} seeds reached {threshold:g}×initial{tail}"
+
+    return Claim(text, check)

@@ -1,0 +1,186 @@
+"""The Markdown report and PNG plots of a bench run, rebuilt from results.json alone
+(`lrkit report DIR`): summary tables (mean ± std over seeds), the tuned hyperparameters,
+each claim with its measured numbers and whether it held, and curves."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lrkit.harness.bench import ExperimentResult, experiment_results
+from lrkit.harness.suites import Suite, get_suite
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    magnitude = abs(value)
+    if magnitude != 0 and (magnitude < 1e-3 or magnitude >= 1e5):
+        return f"{value:.{max(1, digits - 1)}e}"
+    return f"{value:.{digits}g}"
+
+
+def mean_std(row: dict[str, Any] | None) -> str:
+    if row is None or row["mean"] is None:
+        return "—"
+    text = f"{fmt(row['mean'])} ± {fmt(row['std'], 2)}"
+    return text if row["n"] == row["runs"] else f"{text} ({row['n']}/{row['runs']})"
+
+
+def _table(result: ExperimentResult) -> list[str]:
+    metrics = list(dict.fromkeys(row["metric"] for row in result.rows))
+    labels = list(dict.fromkeys(row["method"] for row in result.rows))
+    arrow = "↑" if result.maximize else "↓"
+    header = ["method", "hyperparameters"] + [
+        f"{m} {arrow}" if m == result.primary_metric else m for m in metrics
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label in labels:
+        first = result.row(label, metrics[0]) or {}
+        hparams = first.get("hparams", {})
+        cells = [
+            label,
+            ", ".join(f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in hparams.items())
+            or "defaults",
+        ]
+        cells += [mean_std(result.row(label, m)) for m in metrics]
+        if first.get("diverged"):
+            cells[0] += f" ({first['diverged']}/{first['runs']} diverged)"
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _claims(result: ExperimentResult) -> tuple[list[str], list[dict[str, Any]]]:
+    lines, records = [], []
+    for claim in result.experiment.claims:
+        try:
+            held, measured = claim.check(result)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            held, measured = None, f"could not be checked: {type(exc).__name__}: {exc}"
+        verdict = {True: "**held**", False: "**did not hold**", None: "**undecided**"}[held]
+        lines.append(f"- {verdict} — {claim.text} Measured: {measured}")
+        records.append(
+            {
+                "experiment": result.experiment.name,
+                "claim": claim.text,
+                "held": held,
+                "measured": measured,
+            }
+        )
+    return lines, records
+
+
+def write_report(results: dict[str, Any], out: Path, suite: Suite | None = None) -> Path:
+    """Writes report.md and the PNG plots into ``out``; returns the report's path."""
+    suite = suite or _suite_for(results)
+    env = results["environment"]
+    lines = [
+        f"# lrkit bench `{results['suite']}`" + (" (smoke run)" if results.get("smoke") else ""),
+        "",
+        suite.description,
+        "",
+        f"- Command: `{results['command']}`",
+        f"- Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']} "
+        f"({env['torch_threads']} threads), Python {env['python']}, {env['platform']}",
+        f"- Started {results['started']}; duration {results['duration_s'] / 60:.1f} min; "
+        f"{len(results['runs'])} runs; seeds per configuration: {results['seeds']}",
+        "- Tuning (DeepOBS protocol): every grid point runs with seed 0, the best by the "
+        "task's primary metric (diverged = worst) is rerun with the other seeds; seed 0 is "
+        "reused, which favours the tuned baselines. Values are mean ± std over seeds "
+        "(n/N where some runs diverged or never reached a threshold).",
+    ]
+    if suite.scaled:
+        lines += [f"- Scaled to this machine: {suite.scaled}"]
+    claims_out = []
+    for result in experiment_results(suite, results["runs"]):
+        exp = result.experiment
+        lines += [
+            "",
+            f"## {exp.title}",
+            "",
+            f"Task `{exp.task}`"
+            + (f" {exp.task_options}" if exp.task_options else "")
+            + f"; primary metric `{result.primary_metric}`.",
+        ]
+        if exp.notes:
+            lines += ["", exp.notes]
+        lines += ["", *_table(result)]
+        claim_lines, claim_records = _claims(result)
+        claims_out += claim_records
+        if claim_lines:
+            lines += ["", "Claims:", "", *claim_lines]
+        if exp.extra is not None:
+            lines += ["", exp.extra(result)]
+        plot = plot_experiment(result, out)
+        if plot is not None:
+            lines += ["", f"![{exp.name}]({plot.name})"]
+    results["claims"] = claims_out
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return report
+
+
+def _suite_for(results: dict[str, Any]) -> Suite:
+    suite = get_suite(results["suite"])
+    return suite.smoke() if results.get("smoke") else suite
+
+
+def _mean_curve(runs: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    series = [(r["curve"]["step"], r["curve"][key]) for r in runs if key in r["curve"]]
+    if not series:
+        return None
+    length = min(len(s[0]) for s in series)
+    if length == 0:
+        return None
+    steps = np.asarray(series[0][0][:length], dtype=float)
+    values = np.asarray([s[1][:length] for s in series], dtype=float)
+    return steps, np.nanmean(values, axis=0)
+
+
+def plot_experiment(result: ExperimentResult, out: Path) -> Path | None:
+    """Training loss, learning rate (effective LR where the method reports one) and the
+    primary metric against steps, mean over the selected seeds of each method."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    labels = list(dict.fromkeys(r["label"] for r in result.runs if r["role"] == "selected"))
+    if not labels:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for label in labels:
+        runs = result.selected_runs(label)
+        loss = _mean_curve(runs, "train_loss")
+        if loss is not None:
+            axes[0].plot(*loss, label=label)
+        lr_key = "effective_lr" if any("effective_lr" in r["curve"] for r in runs) else "lr"
+        lr = _mean_curve(runs, lr_key)
+        if lr is not None:
+            axes[1].plot(*lr, label=label)
+        metric_runs = [
+            [(e["step"], e.get(result.primary_metric, math.nan)) for e in r["evals"]] for r in runs
+        ]
+        length = min(len(m) for m in metric_runs)
+        steps = [m[0] for m in metric_runs[0][:length]]
+        values = np.nanmean([[v for _, v in m[:length]] for m in metric_runs], axis=0)
+        axes[2].plot(steps, values, marker=".", label=label)
+    axes[0].set(title="training loss (logged mean)", xlabel="step", yscale="log")
+    axes[1].set(title="learning rate (effective LR for L4)", xlabel="step", yscale="log")
+    axes[2].set(title=result.primary_metric, xlabel="step")
+    if not result.maximize:
+        axes[2].set_yscale("log")
+    axes[2].legend(fontsize=7, loc="best")
+    fig.suptitle(result.experiment.title)
+    fig.tight_layout()
+    path = out / f"{result.experiment.name}.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
