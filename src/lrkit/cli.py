@@ -1,18 +1,201 @@
-"""The ``lrkit`` command line."""
+"""The ``lrkit`` command line: list, bench, report, cost, train."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
 
 import lrkit
 
 
+def _csv(text: str) -> list[str]:
+    return [item for item in text.split(",") if item]
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _key_values(pairs: list[str]) -> dict:
+    values = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"lrkit: expected NAME=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        values[key] = _value(value)
+    return values
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from lrkit.harness import suite_defs  # noqa: F401  (registers the suites)
+    from lrkit.harness.suites import SUITE_SUMMARIES as suites
+    from lrkit.methods import METHODS
+    from lrkit.tasks import TASK_SUMMARIES
+
+    print("tasks:")
+    for name, summary in sorted(TASK_SUMMARIES.items()):
+        print(f"  {name:24s} {summary}")
+    print("methods:")
+    for spec in sorted(METHODS.values(), key=lambda s: (s.kind, s.name)):
+        status = "" if spec.available or spec.kind == "reserved" else " (not installed)"
+        print(f"  {spec.name:24s} [{spec.kind}] {spec.summary}{status}")
+    print("suites:")
+    for name, summary in sorted(suites.items()):
+        print(f"  {name:24s} {summary}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from lrkit.harness.bench import run_suite, select
+    from lrkit.harness.suites import get_suite
+
+    suite = get_suite(args.suite)
+    if args.smoke:
+        suite = suite.smoke()
+    if args.tasks or args.methods:
+        suite = select(suite, tasks=_csv(args.tasks or ""), methods=_csv(args.methods or ""))
+    command = shlex.join(["lrkit", *sys.argv[1:]]) if args.argv is None else args.argv
+    results = run_suite(
+        suite,
+        Path(args.out),
+        seeds=args.seeds,
+        command=command,
+        progress=not args.no_progress,
+        smoke=args.smoke,
+    )
+    held = [c for c in results.get("claims", []) if c["held"]]
+    print(
+        f"lrkit bench {suite.name}: {len(results['runs'])} runs in "
+        f"{results['duration_s']:.0f} s; claims held {len(held)}/{len(results.get('claims', []))}; "
+        f"report: {Path(args.out) / 'report.md'}"
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lrkit.harness.report import write_report
+
+    out = Path(args.dir)
+    results_file = out / "results.json"
+    if not results_file.exists():
+        raise SystemExit(f"lrkit report: {results_file} does not exist; run `lrkit bench` first")
+    report = write_report(json.loads(results_file.read_text()), out)
+    print(f"wrote {report}")
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from lrkit.harness.cost import measure_cost
+
+    rows = measure_cost(
+        args.task,
+        _csv(args.methods),
+        steps=args.steps,
+        warmup=args.warmup,
+        memory=not args.no_memory,
+    )
+    print(f"{'method':20s} {'base':12s} {'ms/step':>9s} {'ratio':>7s} {'peak MB':>8s}")
+    for row in rows:
+        ratio = "—" if row["ratio_to_base"] is None else f"{row['ratio_to_base']:.3f}"
+        memory = "—" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.1f}"
+        print(
+            f"{row['method']:20s} {row['base'] or '—':12s} {row['ms_per_step']:9.3f} "
+            f"{ratio:>7s} {memory:>8s}"
+        )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lrkit.harness.distributed import distributed_context
+    from lrkit.harness.training import RunConfig, train
+
+    config = RunConfig(
+        task=args.task,
+        method=args.method,
+        seed=args.seed,
+        hparams=_key_values(args.hparam),
+        task_options=_key_values(args.task_option),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        grad_clip=args.grad_clip,
+    )
+    with distributed_context() as rank:
+        record = train(config, progress=not args.no_progress)
+        if rank == 0:
+            print(
+                json.dumps(
+                    {
+                        "final": record["final"],
+                        "diverged": record["diverged"],
+                        "steps_done": record["steps_done"],
+                    }
+                )
+            )
+            if args.json:
+                Path(args.json).write_text(json.dumps(record))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lrkit", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="lrkit", description="Learned learning rates for PyTorch: methods and benchmarks."
+    )
     parser.add_argument("--version", action="version", version=f"lrkit {lrkit.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list tasks, methods and suites")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("bench", help="run a benchmark suite (resumes finished runs)")
+    p.add_argument("suite")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per configuration")
+    p.add_argument("--tasks", help="comma-separated tasks or experiment names to keep")
+    p.add_argument("--methods", help="comma-separated methods or entry labels to keep")
+    p.add_argument("--smoke", action="store_true", help="a few steps of everything (CI)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--argv", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("report", help="rebuild report.md and plots from DIR/results.json")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("cost", help="step time and memory of methods vs their base optimizer")
+    p.add_argument("--task", required=True)
+    p.add_argument("--methods", required=True, help="comma-separated; bases are added")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    p.add_argument("--json", help="write the rows to this file")
+    p.set_defaults(func=cmd_cost)
+
+    p = sub.add_parser("train", help="one training run (works under torchrun)")
+    p.add_argument("--task", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--grad-clip", type=float, default=None)
+    p.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--task-option", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--json", help="write the full run record to this file")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    return 0
+    args = build_parser().parse_args(argv)
+    return args.func(args)

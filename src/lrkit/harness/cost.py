@@ -1,0 +1,139 @@
+"""`lrkit cost`: what a method's step costs relative to its base optimizer.
+
+Every method (and each one's registered ``base``) is built on its own copy of the task's
+model, from the same initialisation, and the methods take turns step by step in one process
+(the order rotated every round), on the same pre-drawn batches. A step is everything the
+method does: closure (forward, backward) and update. Reported: the median milliseconds per
+step, its ratio to the base's median from the same run, and peak memory: the increase of
+the peak resident set size of a child process that runs only that method (the harness runs
+on the CPU).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from lrkit.harness.step import StepInputs, TrainingMethod, make_closure
+from lrkit.methods import get_method
+from lrkit.tasks import get_task
+
+
+def with_bases(methods: list[str]) -> list[str]:
+    ordered = list(dict.fromkeys(methods))
+    for name in list(ordered):
+        base = get_method(name).base
+        if base is not None and base not in ordered:
+            ordered.append(base)
+    return ordered
+
+
+def _setup(task_name: str, method: str, steps: int, seed: int, batch_size: int | None):
+    task = get_task(task_name)
+    data = task.load_data(seed)
+    generator = torch.Generator().manual_seed(seed)
+    train_batches = task.train_batches(data, generator, batch_size)
+    batches = [next(train_batches) for _ in range(steps)]
+    spec = get_method(method)
+    validation = None
+    if spec.needs_validation:
+        stream = task.validation_batches(data, torch.Generator().manual_seed(seed + 1), batch_size)
+        validation = [next(stream) for _ in range(steps)]
+    model = task.build_model(seed)
+    runner = TrainingMethod(spec, model, {}, steps, task.steps_per_epoch(data, batch_size))
+    return task, model, runner, batches, validation
+
+
+def _one_step(task, model, runner, batch, validation) -> None:
+    closure = make_closure(model, task, batch, runner.optimizer)
+    runner.step(StepInputs(closure, batch, model, task, validation))
+
+
+def measure_step_times(
+    task_name: str,
+    methods: list[str],
+    steps: int = 50,
+    warmup: int = 5,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> dict[str, list[float]]:
+    """Interleaved per-step wall times (ms) of each method, same batches for all."""
+    total = warmup + steps
+    setups = {m: _setup(task_name, m, total, seed, batch_size) for m in methods}
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for step in range(total):
+        order = methods[step % len(methods) :] + methods[: step % len(methods)]
+        for method in order:
+            task, model, runner, batches, validation = setups[method]
+            val = None if validation is None else validation[step]
+            started = time.perf_counter()
+            _one_step(task, model, runner, batches[step], val)
+            elapsed = (time.perf_counter() - started) * 1e3
+            if step >= warmup:
+                times[method].append(elapsed)
+    return times
+
+
+def _peak_memory_child(task_name, method, steps, seed, batch_size, queue) -> None:
+    task, model, runner, batches, validation = _setup(task_name, method, steps, seed, batch_size)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for step in range(steps):
+        _one_step(
+            task, model, runner, batches[step], None if validation is None else validation[step]
+        )
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put((after - before) / 1024.0)
+
+
+def peak_memory_mb(
+    task_name: str, method: str, steps: int, seed: int = 0, batch_size: int | None = None
+) -> float:
+    """Peak memory growth (MiB) of a fresh process running only ``method``."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(
+        target=_peak_memory_child, args=(task_name, method, steps, seed, batch_size, queue)
+    )
+    child.start()
+    value = queue.get(timeout=600)
+    child.join()
+    return float(value)
+
+
+def measure_cost(
+    task_name: str,
+    methods: list[str],
+    steps: int = 50,
+    warmup: int = 5,
+    seed: int = 0,
+    batch_size: int | None = None,
+    memory: bool = True,
+) -> list[dict[str, Any]]:
+    """Rows with keys method, base, ms_per_step, ratio_to_base, peak_memory_mb."""
+    names = with_bases(methods)
+    times = measure_step_times(task_name, names, steps, warmup, seed, batch_size)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    rows = []
+    for name in names:
+        base = get_method(name).base
+        rows.append(
+            {
+                "task": task_name,
+                "method": name,
+                "base": base,
+                "ms_per_step": medians[name],
+                "ratio_to_base": None if base is None else medians[name] / medians[base],
+                "peak_memory_mb": (
+                    peak_memory_mb(task_name, name, min(steps, 20), seed, batch_size)
+                    if memory
+                    else None
+                ),
+                "steps": steps,
+            }
+        )
+    return rows

@@ -1,0 +1,28 @@
+"""Running under ``torchrun``: initialise a process group from the environment (gloo on
+CPU, nccl on CUDA) when WORLD_SIZE > 1, and tear it down afterwards. The training loop
+(:func:`lrkit.harness.training.train`) then wraps the model in DDP and shards each global
+batch by rank."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+
+
+@contextlib.contextmanager
+def distributed_context() -> Iterator[int]:
+    """Yields this process's rank (0 when not launched by torchrun)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1 or dist.is_initialized():
+        yield dist.get_rank() if dist.is_initialized() else 0
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    try:
+        yield dist.get_rank()
+    finally:
+        dist.destroy_process_group()
