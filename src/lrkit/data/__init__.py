@@ -5,6 +5,7 @@ Nothing is downloaded: loaders read standard files from ``root``, ``$LRKIT_DATA`
 """
 
 from lrkit.data.batches import Batch, iterate_batches
+from lrkit.data.corruptions import CORRUPTIONS, Corruption, corrupt_images
 from lrkit.data.images import (
     ImageData,
     load_cifar10,
@@ -13,17 +14,22 @@ from lrkit.data.images import (
     load_fashion_mnist,
     load_mnist,
 )
+from lrkit.data.noise import NoisyLabels, pair_flip_noise, uniform_label_noise
 from lrkit.data.root import CorruptDataError, DataNotFoundError, find_data_dir
 from lrkit.data.splits import balanced_holdout, stratified_holdout
 from lrkit.data.text import TextCorpus, load_ptb, load_tiny_shakespeare
 
 __all__ = [
+    "CORRUPTIONS",
     "Batch",
     "CorruptDataError",
+    "Corruption",
     "DataNotFoundError",
     "ImageData",
+    "NoisyLabels",
     "TextCorpus",
     "balanced_holdout",
+    "corrupt_images",
     "find_data_dir",
     "iterate_batches",
     "load_cifar10",
@@ -33,5 +39,7 @@ __all__ = [
     "load_mnist",
     "load_ptb",
     "load_tiny_shakespeare",
+    "pair_flip_noise",
     "stratified_holdout",
+    "uniform_label_noise",
 ]
