@@ -1,1 +1,131 @@
-"""(being written)"""
+"""Learning-rate-free (and schedule-free) optimizers from PyPI that lrkit compares against.
+
+Each is an optional extra (``pip install 'lrkit[peers]'``) imported lazily inside its
+factory, so ``import lrkit`` works without them; ``MethodSpec.requires`` names the import so
+that ``spec.available`` is False when the package is missing. Defaults are the packages' own
+(read from the installed sources: schedulefree 1.4.1, prodigyopt 1.1.2, dadaptation 3.2,
+dog-optimizer 1.0.3). None takes an lrkit LR schedule.
+
+* ``schedulefree_adamw`` — Schedule-Free AdamW (Defazio et al. 2024,
+  ``schedulefree.AdamWScheduleFree``): no schedule, but still an LR (default 0.0025, tuned)
+  and an optional linear warmup (``warmup_steps``, default 0). Gradients are taken at
+  y = (1 − β₁)·z + β₁·x and the weights to evaluate are x, so the optimizer must be in
+  ``train()`` mode for steps and in ``eval()`` mode for evaluation (``train_eval_switch``);
+  the factory calls ``train()`` right after construction.
+* ``prodigy`` — Prodigy (Mishchenko & Defazio 2024, ``prodigyopt.Prodigy``): Adam whose step
+  size d·lr is estimated online; ``lr`` = 1 is a multiplier its authors say to leave at 1
+  (``d_coef`` is their knob). All param groups must share one lr (or use lr 0).
+* ``dadapt_adam`` — D-Adaptation Adam (Defazio & Mishchenko 2023, ``dadaptation.DAdaptAdam``),
+  ``lr`` = 1 as a multiplier; the same single-lr restriction across param groups.
+* ``dog`` — DoG, "Distance over Gradients" (Ivgi, Hinder & Carmon 2023, ``dog.DoG``):
+  η_t = max_{i≤t} ‖x_i − x_0‖ / sqrt(Σ_{i≤t} ‖g_i‖² + ε), x_{t+1} = x_t − η_t·g_t, with the
+  first distance r_ε = reps_rel·(1 + ‖x_0‖). Its authors require iterate averaging
+  (``averaging="polynomial"``); :func:`_dog` says how the averager must be used.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lrkit.methods.registry import MethodSpec, register_method
+
+
+def _schedulefree_adamw(
+    params, lr: float, weight_decay: float, warmup_steps: int
+) -> torch.optim.Optimizer:
+    import schedulefree
+
+    optimizer = schedulefree.AdamWScheduleFree(
+        params, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps
+    )
+    optimizer.train()
+    return optimizer
+
+
+def _prodigy(params, lr: float, weight_decay: float, d_coef: float) -> torch.optim.Optimizer:
+    import prodigyopt
+
+    return prodigyopt.Prodigy(params, lr=lr, weight_decay=weight_decay, d_coef=d_coef)
+
+
+def _dadapt_adam(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    import dadaptation
+
+    return dadaptation.DAdaptAdam(params, lr=lr, weight_decay=weight_decay)
+
+
+def _dog(params, lr: float, reps_rel: float, weight_decay: float) -> torch.optim.Optimizer:
+    """``dog.DoG`` with the package defaults. Its iterate averaging (dog-optimizer README,
+    "Usage"; the harness builds it because ``averaging="polynomial"``) is used like this:
+
+    1. Build it on the *unwrapped* model (not a DistributedDataParallel wrapper), on the
+       model's device, before training: ``averager = dog.PolynomialDecayAverager(model,
+       gamma=8.0)`` (γ = 8 is the package default, which the authors say works out of the
+       box). It deep-copies the model into ``averager.averaged_model`` and counts t from 1.
+    2. Call ``averager.step()`` once after every ``optimizer.step()`` (never before the first):
+       x̄_t = (1 − (1 + γ)/(t + γ))·x̄_{t−1} + (1 + γ)/(t + γ)·x_t (Shamir & Zhang 2013), so
+       x̄_1 is the weights after the first step. Floating-point buffers (BatchNorm running
+       statistics) are averaged the same way; integer buffers are copied.
+    3. Evaluate ``averager.averaged_model``; keep training ``averager.base_model`` (the model).
+    4. Checkpoint ``averager.state_dict()`` (t and the averaged weights) beside the
+       optimizer's, and restore it with ``averager.load_state_dict``.
+    """
+    import dog
+
+    return dog.DoG(params, lr=lr, reps_rel=reps_rel, weight_decay=weight_decay)
+
+
+register_method(
+    MethodSpec(
+        name="schedulefree_adamw",
+        summary="Schedule-Free AdamW (schedulefree): lr tuned, no schedule, train/eval switch",
+        kind="peer",
+        make_optimizer=_schedulefree_adamw,
+        defaults={"lr": 0.0025, "weight_decay": 0.0, "warmup_steps": 0},
+        tunable=("lr",),
+        base="adamw",
+        requires="schedulefree",
+        train_eval_switch=True,
+        paper="Defazio, Yang, Mehta, Mishchenko, Khaled, Cutkosky. The Road Less Scheduled. "
+        "NeurIPS 2024",
+    )
+)
+register_method(
+    MethodSpec(
+        name="prodigy",
+        summary="Prodigy (prodigyopt): Adam with an estimated step size, lr = 1",
+        kind="peer",
+        make_optimizer=_prodigy,
+        defaults={"lr": 1.0, "weight_decay": 0.0, "d_coef": 1.0},
+        base="adam",
+        requires="prodigyopt",
+        paper="Mishchenko, Defazio. Prodigy: An Expeditiously Adaptive Parameter-Free Learner. "
+        "ICML 2024",
+    )
+)
+register_method(
+    MethodSpec(
+        name="dadapt_adam",
+        summary="D-Adaptation Adam (dadaptation), lr = 1",
+        kind="peer",
+        make_optimizer=_dadapt_adam,
+        defaults={"lr": 1.0, "weight_decay": 0.0},
+        base="adam",
+        requires="dadaptation",
+        paper="Defazio, Mishchenko. Learning-Rate-Free Learning by D-Adaptation. ICML 2023",
+    )
+)
+register_method(
+    MethodSpec(
+        name="dog",
+        summary="DoG (dog-optimizer): distance over gradients, polynomial-decay averaging",
+        kind="peer",
+        make_optimizer=_dog,
+        defaults={"lr": 1.0, "reps_rel": 1e-6, "weight_decay": 0.0},
+        base="sgd",
+        requires="dog",
+        averaging="polynomial",
+        paper="Ivgi, Hinder, Carmon. DoG is SGD's Best Friend: A Parameter-Free Dynamic Step "
+        "Size Schedule. ICML 2023",
+    )
+)
