@@ -109,15 +109,14 @@ def _split_sizes(total: int, valid_fraction: float, test_fraction: float) -> tup
     for label, fraction in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"{label} must lie in [0, 1), got {fraction}")
+    if valid_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"valid_fraction {valid_fraction} + test_fraction {test_fraction} must be below 1 "
+            "to leave training text"
+        )
     num_valid = int(total * valid_fraction)
     num_test = int(total * test_fraction)
-    num_train = total - num_valid - num_test
-    if num_train <= 0:
-        raise ValueError(
-            f"valid_fraction {valid_fraction} + test_fraction {test_fraction} leave no "
-            f"training text out of {total} characters"
-        )
-    return num_train, num_valid, num_test
+    return total - num_valid - num_test, num_valid, num_test
 
 
 @functools.lru_cache(maxsize=4)
