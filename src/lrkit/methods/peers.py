@@ -29,6 +29,13 @@ import torch
 
 from lrkit.methods.registry import MethodSpec, register_method
 
+_BFLOAT16_STALLS = (
+    "with bfloat16 parameters its first steps ({first}) are far below the spacing of bfloat16 "
+    "weights (2^-7 at 1, 2^-14 at 0.01) and round away; its step size grows only from the "
+    "distance already travelled, so the parameters never move. Keep float32 master weights "
+    "(autocast) with {name}."
+)
+
 
 def _schedulefree_adamw(
     params, lr: float, weight_decay: float, warmup_steps: int
@@ -99,6 +106,11 @@ register_method(
         defaults={"lr": 1.0, "weight_decay": 0.0, "d_coef": 1.0},
         base="adam",
         requires="prodigyopt",
+        conformance_skips={
+            "bfloat16": _BFLOAT16_STALLS.format(
+                first="about d0·lr·3 = 3e-6 per coordinate, d0 = 1e-6", name="Prodigy"
+            )
+        },
         paper="Mishchenko, Defazio. Prodigy: An Expeditiously Adaptive Parameter-Free Learner. "
         "ICML 2024",
     )
@@ -125,6 +137,11 @@ register_method(
         base="sgd",
         requires="dog",
         averaging="polynomial",
+        conformance_skips={
+            "bfloat16": _BFLOAT16_STALLS.format(
+                first="a total move of r_eps = reps_rel·(1 + |x0|), reps_rel = 1e-6", name="DoG"
+            )
+        },
         paper="Ivgi, Hinder, Carmon. DoG is SGD's Best Friend: A Parameter-Free Dynamic Step "
         "Size Schedule. ICML 2023",
     )
