@@ -2,7 +2,8 @@
 
 The run logs the training loss, time and the method's diagnostics (LR, effective LR, ...)
 every ``log_every`` steps, evaluates every ``eval_every`` steps, and records a diverged run
-(non-finite loss, or a method refusing a non-finite loss) as diverged with its history so far.
+(non-finite loss, a logged loss above ``DIVERGENCE_FACTOR`` × the first logged loss, or a
+method refusing a non-finite loss) as diverged with its history so far.
 Under ``torchrun`` (torch.distributed initialised) the model is wrapped in
 DistributedDataParallel and each rank trains on its contiguous shard of every global batch.
 """
@@ -22,6 +23,7 @@ from lrkit.harness.step import StepInputs, TrainingMethod, make_closure
 from lrkit.methods import get_method
 from lrkit.tasks import get_task
 
+DIVERGENCE_FACTOR = 1e4
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
@@ -111,7 +113,11 @@ def train(config: RunConfig, progress: bool = False) -> dict[str, Any]:
         steps_done = step
         pending.append(loss.detach().float())
         if step % log_every == 0 or step == total_steps:
-            mean_loss = float(torch.stack(pending).mean())
+            interval_loss = torch.stack(pending).mean()
+            if world_size > 1:
+                dist.all_reduce(interval_loss)
+                interval_loss /= world_size
+            mean_loss = float(interval_loss)
             pending.clear()
             curve["step"].append(step)
             curve["train_loss"].append(mean_loss)
@@ -120,6 +126,9 @@ def train(config: RunConfig, progress: bool = False) -> dict[str, Any]:
                 curve.setdefault(name, []).append(value)
             if not math.isfinite(mean_loss):
                 diverged, error = True, "non-finite training loss"
+                break
+            if mean_loss > DIVERGENCE_FACTOR * abs(curve["train_loss"][0]):
+                diverged, error = True, f"training loss grew over {DIVERGENCE_FACTOR:g}× its start"
                 break
         if step % eval_every == 0 or step == total_steps:
             evaluate(step)

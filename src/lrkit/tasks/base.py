@@ -64,9 +64,12 @@ class Task:
     data_seed_from_run: bool = False
     options: dict = field(default_factory=dict)
 
-    def build_model(self, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
+    def build_model(self, seed: int, dtype: torch.dtype | None = None) -> nn.Module:
+        """The model, initialised from ``seed``, in the task's own dtype unless ``dtype``
+        is given (the regression and 2-D test functions are float64)."""
         generator = torch.Generator().manual_seed(seed)
-        return self.model_factory(generator).to(dtype)
+        model = self.model_factory(generator)
+        return model if dtype is None else model.to(dtype)
 
     def load_data(self, seed: int = 0) -> TaskData:
         """The task's data. Real datasets use a fixed split (``seed`` ignored unless

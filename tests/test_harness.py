@@ -1,0 +1,243 @@
+"""The training loop, bench runner (tuning, resume, report), cost benchmark and CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lrkit.cli import main
+from lrkit.harness import bench as bench_module
+from lrkit.harness.bench import count_runs, run_suite
+from lrkit.harness.claims import matches_or_beats
+from lrkit.harness.cost import measure_cost
+from lrkit.harness.suites import Entry, Experiment, Suite, get_suite
+from lrkit.harness.training import RunConfig, threshold_crossings, train
+
+
+def test_train_record_has_curves_evals_and_final_metrics():
+    record = train(RunConfig("digits_mlp", "momentum", hparams={"lr": 0.05}, steps=30))
+    assert not record["diverged"]
+    assert record["steps_done"] == 30
+    assert record["evals"][0]["step"] == 0 and record["evals"][-1]["step"] == 30
+    assert record["final"]["test_accuracy"] > record["evals"][0]["test_accuracy"]
+    assert len(record["curve"]["train_loss"]) == len(record["curve"]["step"])
+    assert record["curve"]["lr"][-1] == pytest.approx(0.05)
+
+
+def test_train_is_deterministic_per_seed():
+    first = train(RunConfig("digits_mlp", "adam", seed=3, steps=15))
+    second = train(RunConfig("digits_mlp", "adam", seed=3, steps=15))
+    other = train(RunConfig("digits_mlp", "adam", seed=4, steps=15))
+    assert first["curve"]["train_loss"] == second["curve"]["train_loss"]
+    assert first["curve"]["train_loss"] != other["curve"]["train_loss"]
+
+
+def test_diverged_run_is_recorded_not_dropped():
+    record = train(RunConfig("digits_mlp", "sgd", hparams={"lr": 1e4}, steps=40))
+    assert record["diverged"]
+    assert record["error"]
+    assert record["steps_done"] < 40
+    assert record["evals"][-1]["step"] == record["steps_done"]
+
+
+def test_schedule_changes_the_learning_rate():
+    record = train(
+        RunConfig(
+            "digits_mlp",
+            "momentum",
+            hparams={"lr": 0.1, "schedule": "multistep"},
+            steps=40,
+            log_every=1,
+        )
+    )
+    lrs = record["curve"]["lr"]
+    assert lrs[0] == pytest.approx(0.1) and lrs[-1] == pytest.approx(1e-4)
+
+
+def test_threshold_crossings_reads_the_curve():
+    curve = {"step": [1, 2, 3], "train_loss": [10.0, 0.5, 0.01], "time_s": [0.1, 0.2, 0.3]}
+    reached = threshold_crossings(curve, (0.1, 1e-3, 1e-9))
+    assert reached["0.1"] == {"step": 2, "time_s": 0.2}
+    assert reached["0.001"] == {"step": 3, "time_s": 0.3}
+    assert reached["1e-09"] is None
+
+
+def _tiny_suite() -> Suite:
+    return Suite(
+        name="quick",
+        description="test suite",
+        seeds=2,
+        experiments=(
+            Experiment(
+                name="digits_mlp",
+                title="digits",
+                task="digits_mlp",
+                steps=12,
+                eval_every=6,
+                entries=(Entry("sgd", grid={"lr": (1e-3, 0.1, 1e4)}), Entry("adam")),
+                claims=(matches_or_beats("adam", "sgd", "Adam is at least as good as SGD."),),
+            ),
+        ),
+    )
+
+
+def test_bench_tunes_writes_outputs_and_resumes(tmp_path, monkeypatch):
+    suite = _tiny_suite()
+    results = run_suite(suite, tmp_path, progress=False)
+    assert len(results["runs"]) == count_runs(suite, 2) == 3 + 1 + 2
+    assert set(results) >= {"suite", "command", "environment", "runs", "summary"}
+    rows = [r for r in results["summary"] if r["metric"] == "test_accuracy"]
+    assert {r["method"] for r in rows} == {"sgd", "adam"}
+    sgd = next(r for r in rows if r["method"] == "sgd")
+    assert sgd["hparams"]["lr"] == 0.1 and sgd["n"] == 2
+    assert {"task", "method", "metric", "mean", "std", "n"} <= set(sgd)
+    diverged = [r for r in results["runs"] if r["diverged"]]
+    assert len(diverged) == 1 and diverged[0]["config"]["hparams"]["lr"] == 1e4
+    report = (tmp_path / "report.md").read_text()
+    assert "Adam is at least as good as SGD." in report
+    assert (tmp_path / "digits_mlp.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["claims"][0]["held"] in (True, False)
+
+    def must_not_train(config, progress=False):
+        raise AssertionError(f"finished run retrained: {config}")
+
+    monkeypatch.setattr(bench_module, "train", must_not_train)
+    again = run_suite(suite, tmp_path, progress=False)
+    assert [r["final"] for r in again["runs"]] == [r["final"] for r in results["runs"]]
+
+
+def test_report_is_rebuilt_from_results_json(tmp_path):
+    run_suite(get_suite("quick").smoke(), tmp_path, progress=False, smoke=True)
+    (tmp_path / "report.md").unlink()
+    assert main(["report", str(tmp_path)]) == 0
+    assert "lrkit bench `quick` (smoke run)" in (tmp_path / "report.md").read_text()
+
+
+def test_cost_rows_and_base_ratio():
+    rows = measure_cost("digits_mlp", ["polyak"], steps=4, warmup=1, memory=False)
+    by_name = {row["method"]: row for row in rows}
+    assert set(by_name) == {"polyak", "momentum"}
+    assert by_name["polyak"]["base"] == "momentum"
+    assert by_name["polyak"]["ratio_to_base"] == pytest.approx(
+        by_name["polyak"]["ms_per_step"] / by_name["momentum"]["ms_per_step"]
+    )
+    assert by_name["momentum"]["ratio_to_base"] is None
+
+
+def test_cli_version_list_cost_train(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert main(["list"]) == 0
+    listing = capsys.readouterr().out
+    for name in ("digits_mlp", "adam", "quick", "mlrsnet"):
+        assert name in listing
+    out = tmp_path / "cost.json"
+    assert (
+        main(
+            [
+                "cost",
+                "--task",
+                "digits_mlp",
+                "--methods",
+                "adam",
+                "--steps",
+                "3",
+                "--warmup",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    rows = json.loads(out.read_text())
+    assert {"method", "base", "ms_per_step", "ratio_to_base", "peak_memory_mb"} <= set(rows[0])
+    assert rows[0]["peak_memory_mb"] is not None
+    record_file = tmp_path / "run.json"
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "digits_mlp",
+                "--method",
+                "sgd",
+                "--steps",
+                "5",
+                "--hparam",
+                "lr=0.1",
+                "--json",
+                str(record_file),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(record_file.read_text())["config"]["hparams"] == {"lr": 0.1}
+
+
+def test_report_without_results_fails_clearly(tmp_path):
+    with pytest.raises(SystemExit, match="results.json does not exist"):
+        main(["report", str(tmp_path)])
+
+
+def test_torchrun_matches_single_process(tmp_path):
+    """`lrkit train` under torchrun (2 gloo ranks, each half of every global batch) ends
+    with the same model as one process on the full batches."""
+    common = [
+        "train",
+        "--task",
+        "digits_mlp",
+        "--method",
+        "momentum",
+        "--steps",
+        "8",
+        "--hparam",
+        "lr=0.05",
+        "--no-progress",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = tmp_path / "single.json"
+    subprocess.run(
+        [sys.executable, "-m", "lrkit", *common, "--json", str(single)],
+        check=True,
+        env=env,
+        timeout=120,
+    )
+    double = tmp_path / "ddp.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            "-m",
+            "lrkit",
+            *common,
+            "--json",
+            str(double),
+        ],
+        check=True,
+        env=env,
+        timeout=180,
+    )
+    one, two = json.loads(single.read_text()), json.loads(double.read_text())
+    assert one["final"]["test_loss"] == pytest.approx(two["final"]["test_loss"], rel=1e-5)
+    assert one["curve"]["train_loss"] == pytest.approx(two["curve"]["train_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("suite_name", ["quick"])
+def test_every_suite_runs_as_smoke_from_the_cli(suite_name, tmp_path):
+    assert main(["bench", suite_name, "--smoke", "--out", str(tmp_path), "--no-progress"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["smoke"] and results["runs"]
+    assert Path(tmp_path / "report.md").exists()
