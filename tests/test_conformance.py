@@ -29,6 +29,8 @@ import copy
 import io
 import itertools
 import math
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -411,3 +413,27 @@ def test_unknown_hyperparameter_is_a_type_error(spec: MethodSpec, mlp: Task) -> 
     model = mlp.build_model(0)
     with pytest.raises(TypeError):
         spec.build_optimizer(model.parameters(), learning_rate_typo=0.1)
+
+
+PEER_IMPORTS = sorted({spec.requires for spec in SPECS if spec.requires is not None})
+
+
+def test_peer_packages_are_imported_lazily() -> None:
+    """``import lrkit.methods`` must not import the optional peer packages."""
+    code = (
+        f"import sys, lrkit.methods; print(sorted(m for m in {PEER_IMPORTS!r} if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.requires is not None], ids=_ids)
+def test_missing_peer_package_makes_the_entry_unavailable(
+    spec: MethodSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, spec.requires, None)
+    assert not spec.available
+    with pytest.raises(ImportError, match=r"lrkit\[peers\]"):
+        spec.build_optimizer([nn.Parameter(torch.zeros(2))])
