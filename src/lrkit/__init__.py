@@ -4,6 +4,8 @@ Papers: L4 (Rolinek & Martius 2018), hypergradient schedules HD/RTHO/MARTHE/LRS-
 (Donini et al.), MLR-SNet (Shu et al. 2022), data-dependent dynamic LRs (Saxena et al.).
 """
 
+from lrkit.methods.l4 import L4, L4Adam, L4Mom
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["L4", "L4Adam", "L4Mom", "__version__"]

@@ -144,12 +144,17 @@ class TrainingMethod:
             yield self.model
 
     def diagnostics(self) -> dict[str, float]:
-        """Per-step values to log: the LR of the first param group, and whatever the
-        optimizer reports through its own ``diagnostics()`` (L4's effective LR, ...)."""
+        """Per-step values to log: the LR of the first param group, the effective LR
+        d·lr of the D-adaptation family (Prodigy, D-Adapt Adam keep d in the group), and
+        whatever the optimizer reports through its own ``diagnostics()`` (L4's effective
+        LR, ...)."""
         values: dict[str, float] = {}
-        lr = self.optimizer.param_groups[0].get("lr")
+        group = self.optimizer.param_groups[0]
+        lr = group.get("lr")
         if lr is not None:
             values["lr"] = float(lr)
+        if lr is not None and "d" in group:
+            values["effective_lr"] = float(group["d"]) * float(lr)
         own = getattr(self.optimizer, "diagnostics", None)
         if callable(own):
             values.update(own())

@@ -22,8 +22,13 @@ def tuned_baselines(sgd_grid=LR_GRID_SGD, adam_grid=LR_GRID_ADAM) -> tuple[Entry
     )
 
 
-def peers() -> tuple[Entry, ...]:
-    return tuple(Entry(name) for name in PEERS)
+def peers(adam_grid=LR_GRID_ADAM) -> tuple[Entry, ...]:
+    """The learning-rate-free peers at their defaults; Schedule-Free AdamW still has an LR
+    (its authors suggest 1–10× AdamW's), so it is tuned on the Adam grid."""
+    return tuple(
+        Entry(name, grid={"lr": adam_grid}) if name == "schedulefree_adamw" else Entry(name)
+        for name in PEERS
+    )
 
 
 def lrkit_methods() -> tuple[Entry, ...]:

@@ -140,7 +140,9 @@ def train(config: RunConfig, progress: bool = False) -> dict[str, Any]:
     final.pop("step")
     if curve["train_loss"]:
         final["train_loss_end"] = curve["train_loss"][-1]
-    reached = threshold_crossings(curve, config.loss_thresholds)
+    reached = threshold_crossings(
+        curve, config.loss_thresholds, initial_loss=evals[0].get("train_loss")
+    )
     return {
         "config": config.to_dict(),
         "total_steps": total_steps,
@@ -158,16 +160,19 @@ def train(config: RunConfig, progress: bool = False) -> dict[str, Any]:
 
 
 def threshold_crossings(
-    curve: dict[str, list[float]], thresholds: tuple[float, ...]
+    curve: dict[str, list[float]],
+    thresholds: tuple[float, ...],
+    initial_loss: float | None = None,
 ) -> dict[str, dict[str, float] | None]:
     """For each relative threshold r: the first logged step (and training time) at which
-    the training loss fell to r × the first logged loss; ``None`` if it never did."""
+    the training loss fell to r × the initial loss (the task's train_loss at step 0 when it
+    reports one, else the first logged loss); ``None`` if it never did."""
     reached: dict[str, dict[str, float] | None] = {}
     losses = curve["train_loss"]
     for threshold in thresholds:
         hit = None
         if losses:
-            target = threshold * losses[0]
+            target = threshold * (losses[0] if initial_loss is None else initial_loss)
             for step, loss, seconds in zip(curve["step"], losses, curve["time_s"], strict=True):
                 if loss <= target:
                     hit = {"step": step, "time_s": seconds}

@@ -5,7 +5,7 @@ methods still to come are reserved (:mod:`lrkit.methods.reserved`); a real entry
 its reserved one whatever the import order.
 """
 
-from lrkit.methods import baselines, lookahead, peers, reserved  # noqa: F401  (registration)
+from lrkit.methods import baselines, l4, lookahead, peers, reserved  # noqa: F401  (registration)
 from lrkit.methods.registry import (
     METHODS,
     MethodSpec,
