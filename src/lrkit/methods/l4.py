@@ -194,10 +194,13 @@ def adam_directions(
         torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - beta2)
-        tensors = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_add_(tensors, [adam_epsilon * b for b in bias2_sqrt])
-        torch._foreach_reciprocal_(tensors)
-        torch._foreach_mul_(tensors, exp_avgs)
+        denoms = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denoms, [adam_epsilon * b for b in bias2_sqrt])
+        if grads[0].device.type == "cpu":
+            # The CPU runs foreach ops tensor by tensor anyway: divide into the buffer.
+            tensors = [torch.div(m, d, out=d) for m, d in zip(exp_avgs, denoms, strict=True)]
+        else:
+            tensors = torch._foreach_div(exp_avgs, denoms)
     else:
         tensors = []
         for grad, exp_avg, exp_avg_sq, b2 in zip(
@@ -289,6 +292,8 @@ def _sum_scalars(values: Iterable[Tensor], dtype: torch.dtype, device: torch.dev
     parts = [value.to(device=device, dtype=dtype) for value in values]
     if not parts:
         return torch.zeros((), dtype=dtype, device=device)
+    if len(parts) == 1:
+        return parts[0]
     return torch.stack(parts).sum()
 
 
@@ -480,14 +485,18 @@ class _L4Base(torch.optim.Optimizer):
         """Raises on a negative or non-finite loss or a non-finite gradient, before anything
         changes. One host synchronisation (a single boolean) when everything is fine."""
         grads = [g for group in batch.grads for g in group]
-        ok = torch.isfinite(loss) & (loss >= 0)
+        # A NaN/inf element makes its tensor's sum (CPU) or 2-norm (one multi-tensor
+        # kernel elsewhere), and so the total, non-finite: one read of the gradients. A
+        # finite total that overflows only sends us to the exact checks below, which pass.
+        total = loss
         for bucket in _buckets(grads):
-            # A NaN/inf element makes its tensor's 2-norm non-finite (one read pass; the
-            # inf-norm is several times slower on the CPU). A finite gradient whose norm
-            # overflows only sends us to the exact check below, which then passes.
-            norms = torch._foreach_norm([grads[i] for i in bucket], 2)
-            ok = ok & torch.isfinite(torch.stack(norms)).all().to(loss.device)
-        if bool(ok):
+            tensors = [grads[i] for i in bucket]
+            if tensors[0].device.type == "cpu":
+                reductions = [t.sum() for t in tensors]
+            else:
+                reductions = torch._foreach_norm(tensors, 2)
+            total = total + torch.stack(reductions).sum().to(loss.device)
+        if bool((total * 0 == 0) & (loss >= 0)):
             return
         value = float(loss)
         if not math.isfinite(value):
@@ -557,7 +566,7 @@ class _L4Base(torch.optim.Optimizer):
             step_size_per_alpha=per_alpha,
             loss=loss,
             grad_dot_direction=grad_dot_direction,
-            skipped_steps=skipped + (~(grad_dot_direction > 0)).to(torch.int64),
+            skipped_steps=torch.where(grad_dot_direction > 0, skipped, skipped + 1),
         )
 
     def diagnostics(self) -> dict[str, float]:
@@ -689,12 +698,10 @@ class _L4Direct(_L4Base):
         grad_dot_direction = _sum_scalars(dots, scalar_dtype, device)
         l_min_used, per_alpha = self._step_size(l4_loss, grad_dot_direction, hparams)
         alphas = self._alphas()
-        step_sizes: dict[tuple[float, torch.device], Tensor] = {}
         for group_index, params, directions, foreach in pending:
-            key = (alphas[group_index], params[0].device)
-            if key not in step_sizes:
-                step_sizes[key] = (per_alpha * key[0]).to(key[1])
-            apply_directions_(params, directions, step_sizes[key], foreach=foreach)
+            alpha = alphas[group_index]
+            scaled = directions._replace(scales=[alpha * s for s in directions.scales])
+            apply_directions_(params, scaled, per_alpha.to(params[0].device), foreach=foreach)
         self._record(l4_loss, l_min_used, per_alpha, grad_dot_direction, hparams)
         return returned
 
