@@ -36,9 +36,9 @@ Choices where the paper, its code and this module differ (docs/l4.md has the rea
   else in ``step`` synchronises: L_min, η and the counters stay tensors in the optimizer.
 * Weight decay of L4Adam/L4Mom is an L2 term *inside the loss L4 sees*:
   L ← L + Σ_groups (wd/2)·|w|² (over the parameters with a gradient), g ← g + wd·w, as the
-  paper's CIFAR-10 ResNet has its L2
-  term in the loss (Sec. 3.3). A decoupled decay scaled by η would follow η's jumps over
-  orders of magnitude. The wrapper ``L4(base)`` keeps the base's own weight decay in v.
+  paper's CIFAR-10 ResNet has its L2 term in the loss (Sec. 3.3). A decoupled decay scaled
+  by η would follow η's jumps over orders of magnitude. The wrapper ``L4(base)`` keeps the
+  base's own weight decay in v.
 * Per-parameter bias correction (each parameter counts the steps in which it had a
   gradient, as torch.optim.Adam does); the authors' code uses the global step, which is the
   same when every parameter gets a gradient every step.
