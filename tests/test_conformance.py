@@ -51,7 +51,7 @@ except ModuleNotFoundError as missing:
     if missing.name != "lrkit.methods.l4":
         raise
 
-SPECS = [spec for spec in lrkit.methods.METHODS.values() if spec.kind != "reserved"]
+SPECS = lrkit.methods.optimizer_methods()
 LRKIT_SPECS = [spec for spec in SPECS if spec.kind == "lrkit"]
 
 # Hyperparameters for the conformance problems where a method's documented default does not

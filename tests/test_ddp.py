@@ -45,7 +45,7 @@ SPAWN_DEADLINE_S = 120
 # carried through 10 steps: a few ulps, far inside these tolerances.
 RTOL, ATOL = 1e-11, 1e-13
 
-SPECS = [spec for spec in lrkit.methods.METHODS.values() if spec.kind != "reserved"]
+SPECS = lrkit.methods.optimizer_methods()
 RUNNABLE = [spec.name for spec in SPECS if spec.available and "ddp" not in spec.conformance_skips]
 
 

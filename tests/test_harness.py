@@ -15,7 +15,8 @@ from lrkit.harness import bench as bench_module
 from lrkit.harness.bench import count_runs, run_suite
 from lrkit.harness.claims import matches_or_beats
 from lrkit.harness.cost import measure_cost
-from lrkit.harness.suites import Entry, Experiment, Suite, get_suite
+from lrkit.harness import suite_defs  # noqa: F401  (registers the suites)
+from lrkit.harness.suites import SUITES, Entry, Experiment, Suite, get_suite
 from lrkit.harness.training import RunConfig, threshold_crossings, train
 
 
@@ -235,7 +236,7 @@ def test_torchrun_matches_single_process(tmp_path):
     assert one["curve"]["train_loss"] == pytest.approx(two["curve"]["train_loss"], rel=1e-4)
 
 
-@pytest.mark.parametrize("suite_name", ["quick"])
+@pytest.mark.parametrize("suite_name", sorted(SUITES))
 def test_every_suite_runs_as_smoke_from_the_cli(suite_name, tmp_path):
     assert main(["bench", suite_name, "--smoke", "--out", str(tmp_path), "--no-progress"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())

@@ -117,6 +117,7 @@ class Runner:
                 log_every=experiment.log_every,
                 grad_clip=entry.grad_clip,
                 loss_thresholds=experiment.loss_thresholds,
+                eval_subset=experiment.eval_subset,
             )
             record = train(config)
             record["curve"] = _downsample(record["curve"])
@@ -215,6 +216,15 @@ def run_suite(
         for entry in experiment.entries:
             runner.run_entry(experiment, entry, bar)
     bar.close()
+    cost_rows = []
+    for check in suite.costs:
+        from lrkit.harness.cost import measure_cost
+
+        for row in measure_cost(
+            check.task, list(check.methods), steps=check.steps, memory=check.memory
+        ):
+            row["max_ratio"] = check.max_ratio if row["method"] in check.methods else None
+            cost_rows.append(row)
     results = {
         "suite": suite.name,
         "smoke": smoke,
@@ -224,6 +234,7 @@ def run_suite(
         "duration_s": time.time() - started,
         "seeds": n_seeds,
         "runs": runner.records,
+        "cost": cost_rows,
     }
     results["summary"] = summarize(suite, runner.records)
     (out / "results.json").write_text(json.dumps(results, indent=1))

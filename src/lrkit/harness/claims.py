@@ -50,3 +50,32 @@ def reaches_relative_loss(method: str, threshold: float, text: str) -> Claim:
         return held, f"{row['n']}/{row['runs']} seeds reached {threshold:g}×initial{tail}"
 
     return Claim(text, check)
+
+
+def fewer_steps_than_grid(
+    method: str, baselines: tuple[str, ...], threshold: float, text: str
+) -> Claim:
+    """Held when every seed of ``method`` reached ``threshold`` × the initial loss, in
+    fewer steps on average than the fastest grid point of each baseline (a grid point whose
+    seeds did not all get there counts as never)."""
+
+    def check(result: ExperimentResult) -> tuple[bool | None, str]:
+        metric = f"steps_to_{threshold:g}"
+        ours = result.row(method, metric)
+        if ours is None or ours["runs"] == 0:
+            return None, f"no runs of {method}"
+        ours_steps = ours["mean"] if ours["n"] == ours["runs"] else float("inf")
+        parts, held = [f"{method}: {ours_steps:.0f} steps"], ours_steps < float("inf")
+        for baseline in baselines:
+            rows = [
+                r
+                for r in result.rows
+                if r["metric"] == metric and r["method"].startswith(f"{baseline} [")
+            ]
+            complete = [r["mean"] for r in rows if r["n"] == r["runs"] and r["runs"]]
+            best = min(complete) if complete else float("inf")
+            parts.append(f"fastest {baseline}: {best:.0f} steps")
+            held = held and ours_steps < best
+        return held, f"to {threshold:g}×initial — " + ", ".join(parts)
+
+    return Claim(text, check)

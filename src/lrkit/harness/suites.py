@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 SMOKE_STEPS = 12
+SMOKE_EVAL_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,21 @@ class Experiment:
     metrics: tuple[str, ...] = ()
     loss_thresholds: tuple[float, ...] = ()
     claims: tuple[Claim, ...] = ()
+    eval_subset: int | None = None
     notes: str = ""
     extra: Callable[[Any], str] | None = None
+
+
+@dataclass(frozen=True)
+class CostCheck:
+    """A `lrkit cost` measurement the suite makes (methods interleaved with their bases on
+    one task) and the largest step-time ratio to the base each method may have."""
+
+    task: str
+    methods: tuple[str, ...]
+    max_ratio: float
+    steps: int = 100
+    memory: bool = True
 
 
 @dataclass(frozen=True)
@@ -72,10 +86,11 @@ class Suite:
     experiments: tuple[Experiment, ...]
     seeds: int = 3
     scaled: str = ""
+    costs: tuple[CostCheck, ...] = ()
 
     def smoke(self) -> Suite:
         """The CI version: every experiment and entry, a few steps, one seed, grids cut to
-        their first two points."""
+        their first two points, evaluation on the first rows of the test set."""
         experiments = tuple(
             replace(
                 experiment,
@@ -83,6 +98,7 @@ class Suite:
                 eval_every=SMOKE_STEPS,
                 log_every=1,
                 seeds=1,
+                eval_subset=SMOKE_EVAL_ROWS,
                 entries=tuple(
                     replace(entry, grid={k: v[:2] for k, v in entry.grid.items()})
                     for entry in experiment.entries
@@ -90,7 +106,8 @@ class Suite:
             )
             for experiment in self.experiments
         )
-        return replace(self, experiments=experiments, seeds=1)
+        costs = tuple(replace(cost, steps=3, memory=False) for cost in self.costs)
+        return replace(self, experiments=experiments, seeds=1, costs=costs)
 
 
 SUITES: dict[str, Callable[[], Suite]] = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -24,13 +24,15 @@ from lrkit.methods import get_method
 from lrkit.tasks import get_task
 
 DIVERGENCE_FACTOR = 1e4
+CURVE_KEYS = ("step", "train_loss", "time_s")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
 @dataclass
 class RunConfig:
     """What one run trains. ``hparams`` go to the method (``schedule`` to the harness);
-    ``steps``/``batch_size``/``eval_every`` default to the task's."""
+    ``steps``/``batch_size``/``eval_every`` default to the task's; ``eval_subset`` evaluates
+    on the first rows of the test set only (smoke runs)."""
 
     task: str
     method: str
@@ -44,6 +46,7 @@ class RunConfig:
     grad_clip: float | None = None
     dtype: str | None = None
     loss_thresholds: tuple[float, ...] = ()
+    eval_subset: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,8 +61,16 @@ def _world() -> tuple[int, int]:
 def train(config: RunConfig, progress: bool = False) -> dict[str, Any]:
     """Runs ``config`` and returns a JSON-ready record (see module docstring)."""
     spec = get_method(config.method)
+    if spec.solver is not None:
+        return spec.solver(config)
     task = get_task(config.task, **config.task_options)
     data = task.load_data(config.seed)
+    if config.eval_subset is not None:
+        data = replace(
+            data,
+            test_inputs=data.test_inputs[: config.eval_subset],
+            test_targets=data.test_targets[: config.eval_subset],
+        )
     torch.manual_seed(config.seed)
     model = task.build_model(config.seed)
     if config.dtype is not None:
@@ -83,7 +94,7 @@ def train(config: RunConfig, progress: bool = False) -> dict[str, Any]:
         else None
     )
 
-    curve: dict[str, list[float]] = {"step": [], "train_loss": [], "time_s": []}
+    curve: dict[str, list[float]] = {key: [] for key in CURVE_KEYS}
     evals: list[dict[str, float]] = []
     pending: list[torch.Tensor] = []
     diverged, error = False, None
@@ -123,7 +134,8 @@ def train(config: RunConfig, progress: bool = False) -> dict[str, Any]:
             curve["train_loss"].append(mean_loss)
             curve["time_s"].append(train_time)
             for name, value in method.diagnostics().items():
-                curve.setdefault(name, []).append(value)
+                key = f"optimizer_{name}" if name in CURVE_KEYS else name
+                curve.setdefault(key, []).append(value)
             if not math.isfinite(mean_loss):
                 diverged, error = True, "non-finite training loss"
                 break

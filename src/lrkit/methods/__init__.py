@@ -5,13 +5,28 @@ methods still to come are reserved (:mod:`lrkit.methods.reserved`); a real entry
 its reserved one whatever the import order.
 """
 
-from lrkit.methods import baselines, l4, lookahead, peers, reserved  # noqa: F401  (registration)
+from lrkit.methods import (  # noqa: F401  (registration)
+    baselines,
+    l4,
+    levenberg_marquardt,
+    lookahead,
+    peers,
+    reserved,
+)
 from lrkit.methods.registry import (
     METHODS,
     MethodSpec,
     get_method,
     implemented_methods,
+    optimizer_methods,
     register_method,
 )
 
-__all__ = ["METHODS", "MethodSpec", "get_method", "implemented_methods", "register_method"]
+__all__ = [
+    "METHODS",
+    "MethodSpec",
+    "get_method",
+    "implemented_methods",
+    "optimizer_methods",
+    "register_method",
+]

@@ -34,11 +34,14 @@ class MethodSpec:
     ``conformance_skips``: check name -> documented reason that check cannot apply.
     ``step_fn(optimizer, step_inputs)``: how the harness takes one step when the method
     needs more than the training closure (default: ``optimizer.step(step_inputs.closure)``).
+    ``solver(run_config) -> run record``: a whole-run solver that is no torch optimizer
+    (kind ``"solver"``, e.g. scipy's Levenberg–Marquardt); the harness calls it instead of
+    its training loop.
     """
 
     name: str
     summary: str
-    kind: Literal["baseline", "peer", "lrkit", "reserved"]
+    kind: Literal["baseline", "peer", "lrkit", "solver", "reserved"]
     make_optimizer: OptimizerFactory | None
     defaults: dict[str, Any] = field(default_factory=dict)
     tunable: tuple[str, ...] = ()
@@ -51,11 +54,12 @@ class MethodSpec:
     train_eval_switch: bool = False
     conformance_skips: dict[str, str] = field(default_factory=dict)
     step_fn: StepFunction | None = None
+    solver: Callable[[Any], dict[str, Any]] | None = None
     paper: str = ""
 
     @property
     def available(self) -> bool:
-        if self.make_optimizer is None:
+        if self.make_optimizer is None and self.solver is None:
             return False
         return self.requires is None or importlib.util.find_spec(self.requires) is not None
 
@@ -91,8 +95,15 @@ def get_method(name: str) -> MethodSpec:
 
 
 def implemented_methods(kind: str | None = None) -> list[MethodSpec]:
+    """Registered methods that exist (not reserved names), optionally of one kind."""
     return [
         spec
         for spec in METHODS.values()
         if spec.kind != "reserved" and (kind is None or spec.kind == kind)
     ]
+
+
+def optimizer_methods() -> list[MethodSpec]:
+    """Registered methods that build a ``torch.optim.Optimizer`` (what the conformance and
+    DDP suites check): everything implemented except whole-run solvers."""
+    return [spec for spec in implemented_methods() if spec.make_optimizer is not None]
