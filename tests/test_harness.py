@@ -12,10 +12,10 @@ import pytest
 
 from lrkit.cli import main
 from lrkit.harness import bench as bench_module
+from lrkit.harness import suite_defs  # noqa: F401  (registers the suites)
 from lrkit.harness.bench import count_runs, run_suite
 from lrkit.harness.claims import matches_or_beats
 from lrkit.harness.cost import measure_cost
-from lrkit.harness import suite_defs  # noqa: F401  (registers the suites)
 from lrkit.harness.suites import SUITES, Entry, Experiment, Suite, get_suite
 from lrkit.harness.training import RunConfig, threshold_crossings, train
 
