@@ -32,6 +32,8 @@ from lrkit.methods import get_method
 from lrkit.tasks import get_task
 
 CURVE_POINTS_KEPT = 400
+REPORTED_CURVE_POINTS = 120
+REPORTED_CURVE_KEYS = ("step", "train_loss", "time_s", "lr", "effective_lr", "l_min")
 
 
 def environment() -> dict[str, Any]:
@@ -82,12 +84,22 @@ def _score(run: dict[str, Any], metric: str, maximize: bool) -> float:
     return value if maximize else -value
 
 
-def _downsample(curve: dict[str, list[float]]) -> dict[str, list[float]]:
+def _downsample(
+    curve: dict[str, list[float]], points: int = CURVE_POINTS_KEPT
+) -> dict[str, list[float]]:
     n = len(curve.get("step", []))
-    if n <= CURVE_POINTS_KEPT:
+    if n <= points:
         return curve
-    keep = sorted({round(i * (n - 1) / (CURVE_POINTS_KEPT - 1)) for i in range(CURVE_POINTS_KEPT)})
+    keep = sorted({round(i * (n - 1) / (points - 1)) for i in range(points)})
     return {key: [values[i] for i in keep] for key, values in curve.items()}
+
+
+def reported_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The run as results.json keeps it: the curve thinned to REPORTED_CURVE_POINTS points
+    of the logged loss, time and learning rates (thresholds and metrics are computed from
+    the full curve before this)."""
+    curve = {k: v for k, v in record["curve"].items() if k in REPORTED_CURVE_KEYS}
+    return {**record, "curve": _downsample(curve, REPORTED_CURVE_POINTS)}
 
 
 @dataclass
@@ -233,11 +245,10 @@ def run_suite(
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
         "duration_s": time.time() - started,
         "seeds": n_seeds,
-        "runs": runner.records,
+        "runs": [reported_record(r) for r in runner.records],
         "cost": cost_rows,
     }
     results["summary"] = summarize(suite, runner.records)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, out, suite)
     return results
 

@@ -125,7 +125,7 @@ def write_report(results: dict[str, Any], out: Path, suite: Suite | None = None)
     results["claims"] = claims_out
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.json").write_text(json.dumps(results, separators=(",", ":")))
     return report
 
 
@@ -181,7 +181,10 @@ def _suite_for(results: dict[str, Any]) -> Suite:
 
 
 def _mean_curve(runs: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray] | None:
-    series = [(r["curve"]["step"], r["curve"][key]) for r in runs if key in r["curve"]]
+    """Mean over seeds, up to the shortest run; diverged runs are left out unless every
+    seed diverged."""
+    finished = [r for r in runs if not r["diverged"]] or runs
+    series = [(r["curve"]["step"], r["curve"][key]) for r in finished if key in r["curve"]]
     if not series:
         return None
     length = min(len(s[0]) for s in series)

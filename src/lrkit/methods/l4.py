@@ -1111,7 +1111,7 @@ _L4_DEFAULTS: dict[str, Any] = {
     "tau": 1000.0,
     "epsilon": 1e-12,
 }
-_PAPER = "Rolinek & Martius 2018, Sec. 3"
+_PAPER = "Rolinek & Martius 2018, Sec. 2"
 
 register_method(
     MethodSpec(
