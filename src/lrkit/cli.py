@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lrkit", description="Learned learning rates for PyTorch: methods and benchmarks."
     )
     parser.add_argument("--version", action="version", version=f"lrkit {lrkit.__version__}")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list tasks, methods and suites")
@@ -198,4 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     return args.func(args)

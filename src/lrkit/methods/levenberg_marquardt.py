@@ -4,8 +4,9 @@ for least-squares tasks — the second-order reference of L4's Table 2.
 The residual vector is r(θ) = vec(model_θ(X) − Y) over the full training set, the loss
 the task's sum of squared errors ‖r‖² (the true SSE: Recht's notebook minimised
 (Σ r)², a bug named in METHODS.md §1), and the Jacobian ∂r/∂θ comes from
-``torch.func.jacrev`` in float64. A "step" is one Jacobian evaluation (one LM iteration);
-the curve records the loss and the wall time after each.
+``torch.func.jacfwd`` in float64 (forward mode: few parameters, many residuals). A "step"
+is one Jacobian evaluation (one LM iteration); the curve records the loss and the wall time
+at each.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.func import functional_call, jacrev
+from torch.func import functional_call, jacfwd
 
 from lrkit.methods.registry import MethodSpec, register_method
 
@@ -49,7 +50,7 @@ def levenberg_marquardt_run(config: Any) -> dict[str, Any]:
     def residual(theta: torch.Tensor) -> torch.Tensor:
         return (functional_call(model, unflatten(theta), (inputs,)) - targets).reshape(-1)
 
-    jacobian = jacrev(residual)
+    jacobian = jacfwd(residual)
     theta0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     curve: dict[str, list[float]] = {"step": [], "train_loss": [], "time_s": []}
     started = time.perf_counter()
