@@ -111,11 +111,13 @@ class Runner:
     seeds: int
     progress: bool = True
     records: list[dict[str, Any]] = field(default_factory=list)
+    resumed: int = 0
 
     def run(self, experiment: Experiment, entry: Entry, hparams: dict, seed: int, role: str):
         path = _run_file(self.out, experiment.name, entry.name, hparams, seed)
         if path.exists():
             record = json.loads(path.read_text())
+            self.resumed += 1
         else:
             config = RunConfig(
                 task=experiment.task,
@@ -244,6 +246,8 @@ def run_suite(
         "environment": environment(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
         "duration_s": time.time() - started,
+        "resumed_runs": runner.resumed,
+        "train_time_s": sum(r["train_time_s"] for r in runner.records),
         "seeds": n_seeds,
         "runs": [reported_record(r) for r in runner.records],
         "cost": cost_rows,

@@ -86,7 +86,14 @@ def write_report(results: dict[str, Any], out: Path, suite: Suite | None = None)
         f"- Command: `{results['command']}`",
         f"- Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']} "
         f"({env['torch_threads']} threads), Python {env['python']}, {env['platform']}",
-        f"- Started {results['started']}; duration {results['duration_s'] / 60:.1f} min; "
+        f"- Started {results['started']}; duration {results['duration_s'] / 60:.1f} min"
+        + (
+            f" (this invocation; {results['resumed_runs']} of the runs were resumed from an "
+            "earlier one)"
+            if results.get("resumed_runs")
+            else ""
+        )
+        + f"; summed training time of all runs {results.get('train_time_s', 0) / 60:.1f} min; "
         f"{len(results['runs'])} runs; seeds per configuration: {results['seeds']}",
         "- Tuning (DeepOBS protocol): every grid point runs with seed 0, the best by the "
         "task's primary metric (diverged = worst) is rerun with the other seeds; seed 0 is "
