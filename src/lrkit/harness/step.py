@@ -145,7 +145,8 @@ class TrainingMethod:
 
     def diagnostics(self) -> dict[str, float]:
         """Per-step values to log: the LR of the first param group, the effective LR
-        d·lr of the D-adaptation family (Prodigy, D-Adapt Adam keep d in the group), and
+        d·lr of the D-adaptation family (Prodigy, D-Adapt Adam keep d in the group) and
+        η·lr of DoG (its step size rbar/sqrt(G), kept as ``eta`` in the group), and
         whatever the optimizer reports through its own ``diagnostics()`` (L4's effective
         LR, ...)."""
         values: dict[str, float] = {}
@@ -155,6 +156,8 @@ class TrainingMethod:
             values["lr"] = float(lr)
         if lr is not None and "d" in group:
             values["effective_lr"] = float(group["d"]) * float(lr)
+        elif lr is not None and isinstance(group.get("eta"), list) and group["eta"]:
+            values["effective_lr"] = float(group["eta"][0]) * float(lr)
         own = getattr(self.optimizer, "diagnostics", None)
         if callable(own):
             values.update(own())
