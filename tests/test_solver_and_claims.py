@@ -40,8 +40,16 @@ def _result(rows: list[dict], maximize: bool = True) -> ExperimentResult:
     return ExperimentResult(experiment, "test_accuracy", maximize, runs=[], rows=rows)
 
 
-def _row(method: str, metric: str, mean, std=0.0, n=3, runs=3) -> dict:
-    return {"method": method, "metric": metric, "mean": mean, "std": std, "n": n, "runs": runs}
+def _row(method: str, metric: str, mean, std=0.0, n=3, runs=3, diverged=0) -> dict:
+    return {
+        "method": method,
+        "metric": metric,
+        "mean": mean,
+        "std": std,
+        "n": n,
+        "runs": runs,
+        "diverged": diverged,
+    }
 
 
 def test_matches_or_beats_uses_the_baseline_spread():
@@ -58,6 +66,20 @@ def test_matches_or_beats_uses_the_baseline_spread():
     )
     assert claim.check(lower_is_better)[0] is False
     assert claim.check(_result([]))[0] is None
+    ours_diverged = _result(
+        [
+            _row("ours", "test_accuracy", None, n=0, diverged=3),
+            _row("base", "test_accuracy", 0.9, 0.01),
+        ]
+    )
+    assert claim.check(ours_diverged)[0] is False
+    some_diverged = _result(
+        [
+            _row("ours", "test_accuracy", 0.95, n=2, diverged=1),
+            _row("base", "test_accuracy", 0.9, 0.01),
+        ]
+    )
+    assert claim.check(some_diverged)[0] is False
 
 
 def test_reaches_relative_loss_needs_every_seed():

@@ -15,13 +15,21 @@ def _describe(result: ExperimentResult, label: str, metric: str) -> str:
 
 def matches_or_beats(method: str, baseline: str, text: str, metric: str | None = None) -> Claim:
     """Held when ``method``'s mean is at least as good as ``baseline``'s mean minus one
-    standard deviation of the baseline (i.e. beats it or ties within its seed noise)."""
+    standard deviation of the baseline (it beats it or ties within its seed noise) and
+    ``method`` diverged on no more seeds than the baseline. Undecided when either has no runs
+    or the baseline diverged on every seed."""
 
     def check(result: ExperimentResult) -> tuple[bool | None, str]:
         name = metric or result.primary_metric
         ours, theirs = result.row(method, name), result.row(baseline, name)
-        if ours is None or theirs is None or ours["mean"] is None or theirs["mean"] is None:
-            return None, "missing or fully diverged runs"
+        if ours is None or theirs is None or theirs["mean"] is None:
+            return None, "missing runs, or the baseline diverged on every seed"
+        if ours["diverged"] > theirs["diverged"]:
+            return False, (
+                f"{method} diverged on {ours['diverged']}/{ours['runs']} seeds, {baseline} on "
+                f"{theirs['diverged']}/{theirs['runs']}; {_describe(result, method, name)} vs "
+                f"{_describe(result, baseline, name)} ({name})"
+            )
         slack = theirs["std"] or 0.0
         bar = theirs["mean"] - slack if result.maximize else theirs["mean"] + slack
         held = ours["mean"] >= bar if result.maximize else ours["mean"] <= bar
@@ -52,6 +60,10 @@ def reaches_relative_loss(method: str, threshold: float, text: str) -> Claim:
     return Claim(text, check)
 
 
+def _steps_text(steps: float) -> str:
+    return "never (not every seed)" if steps == float("inf") else f"{steps:.0f} steps"
+
+
 def fewer_steps_than_grid(
     method: str, baselines: tuple[str, ...], threshold: float, text: str
 ) -> Claim:
@@ -65,7 +77,7 @@ def fewer_steps_than_grid(
         if ours is None or ours["runs"] == 0:
             return None, f"no runs of {method}"
         ours_steps = ours["mean"] if ours["n"] == ours["runs"] else float("inf")
-        parts, held = [f"{method}: {ours_steps:.0f} steps"], ours_steps < float("inf")
+        parts, held = [f"{method}: {_steps_text(ours_steps)}"], ours_steps < float("inf")
         for baseline in baselines:
             rows = [
                 r
@@ -74,7 +86,7 @@ def fewer_steps_than_grid(
             ]
             complete = [r["mean"] for r in rows if r["n"] == r["runs"] and r["runs"]]
             best = min(complete) if complete else float("inf")
-            parts.append(f"fastest {baseline}: {best:.0f} steps")
+            parts.append(f"fastest {baseline}: {_steps_text(best)}")
             held = held and ours_steps < best
         return held, f"to {threshold:g}×initial — " + ", ".join(parts)
 

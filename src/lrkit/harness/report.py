@@ -103,6 +103,7 @@ def write_report(results: dict[str, Any], out: Path, suite: Suite | None = None)
     if suite.scaled:
         lines += [f"- Scaled to this machine: {suite.scaled}"]
     claims_out = []
+    summary_at = len(lines)
     for result in experiment_results(suite, results["runs"]):
         exp = result.experiment
         lines += [
@@ -130,10 +131,27 @@ def write_report(results: dict[str, Any], out: Path, suite: Suite | None = None)
         lines += cost_lines
         claims_out += cost_claims
     results["claims"] = claims_out
+    lines[summary_at:summary_at] = _claims_at_a_glance(claims_out)
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(results, separators=(",", ":")))
     return report
+
+
+def _claims_at_a_glance(claims: list[dict[str, Any]]) -> list[str]:
+    if not claims:
+        return []
+    verdicts = {True: "held", False: "did not hold", None: "undecided"}
+    held = sum(1 for c in claims if c["held"])
+    lines = [
+        "",
+        f"## Claims at a glance: {held} of {len(claims)} held",
+        "",
+        "| experiment | claim | verdict |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {c['experiment']} | {c['claim']} | {verdicts[c['held']]} |" for c in claims]
+    return lines
 
 
 def _cost_section(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
