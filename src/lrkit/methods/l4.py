@@ -64,6 +64,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from lrkit.methods.registry import MethodSpec, register_method
+from lrkit.methods.wrapping import WrapsOptimizer, base_parameters
 
 __all__ = [
     "L4",
@@ -81,7 +82,6 @@ __all__ = [
 LossClosure = Callable[[], Any]
 _FOREACH_DEVICE_TYPES = ("cpu", "cuda", "xpu")
 _PROBE_LR = 1.0
-_PLACEHOLDER_GROUPS = "_groups_before_wrapping"
 
 
 # --------------------------------------------------------------------------- the L4 rule
@@ -924,7 +924,7 @@ def _restore_learning_rates(groups: list[dict[str, Any]], saved: list[Any]) -> N
             group["lr"] = lr
 
 
-class L4(_L4Base):
+class L4(WrapsOptimizer, _L4Base):
     """L4 over the update direction of any torch optimizer (composition, paper Sec. 2.2).
 
     ``L4(torch.optim.SGD(params, lr=1.0, momentum=0.9, weight_decay=5e-4))`` uses the base
@@ -969,13 +969,8 @@ class L4(_L4Base):
         _check_unit_interval(
             "grad_beta (gradient EMA, paper time scale 10)", grad_beta, closed_right=False
         )
-        params = [p for group in base_optimizer.param_groups for p in group["params"]]
-        # Optimizer.__init__ sets up hooks and ``state``; the group it builds is a
-        # placeholder, replaced by the base's groups once ``base_optimizer`` is set.
-        super().__init__(params, {}, all_reduce_loss)
-        self.__dict__.pop(_PLACEHOLDER_GROUPS)
-        self.base_optimizer = base_optimizer
-        self.defaults = base_optimizer.defaults
+        super().__init__(base_parameters(base_optimizer), {}, all_reduce_loss)
+        self._adopt(base_optimizer)
         self.l4_hparams = {
             "alpha": float(alpha),
             "gamma": float(gamma),
@@ -984,29 +979,6 @@ class L4(_L4Base):
             "epsilon": float(epsilon),
             "grad_beta": float(grad_beta),
         }
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        base = self.__dict__.get("base_optimizer")
-        if base is None:
-            return self.__dict__[_PLACEHOLDER_GROUPS]
-        return base.param_groups
-
-    @param_groups.setter
-    def param_groups(self, groups: list[dict[str, Any]]) -> None:
-        base = self.__dict__.get("base_optimizer")
-        if base is None:
-            self.__dict__[_PLACEHOLDER_GROUPS] = groups
-        else:
-            base.param_groups = groups
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Adds the group to the base optimizer (L4's hyperparameters are global)."""
-        base = self.__dict__.get("base_optimizer")
-        if base is None:
-            torch.optim.Optimizer.add_param_group(self, param_group)
-        else:
-            base.add_param_group(param_group)
 
     def _hparams(self) -> dict[str, float]:
         return dict(self.l4_hparams)

@@ -16,11 +16,10 @@ from typing import Any
 import torch
 
 from lrkit.methods.registry import MethodSpec, register_method
+from lrkit.methods.wrapping import WrapsOptimizer, base_parameters
 
-_PLACEHOLDER_GROUPS = "_groups_before_wrapping"
 
-
-class Lookahead(torch.optim.Optimizer):
+class Lookahead(WrapsOptimizer, torch.optim.Optimizer):
     """Lookahead around ``base_optimizer`` (composition: the base is wrapped, not subclassed).
 
     ``param_groups`` *is* the base optimizer's list (read through on every access), so LR
@@ -48,39 +47,11 @@ class Lookahead(torch.optim.Optimizer):
             raise ValueError(
                 f"Lookahead alpha (slow-weight step size) must be in (0, 1], got {alpha!r}"
             )
-        params = [p for group in base_optimizer.param_groups for p in group["params"]]
-        # Optimizer.__init__ sets up the hooks and ``state``; the group it builds is a
-        # placeholder, replaced by the base's groups once ``base_optimizer`` is set.
-        super().__init__(params, {})
-        self.__dict__.pop(_PLACEHOLDER_GROUPS)
-        self.base_optimizer = base_optimizer
-        self.defaults = base_optimizer.defaults
+        super().__init__(base_parameters(base_optimizer), {})
+        self._adopt(base_optimizer)
         self.k = k
         self.alpha = float(alpha)
         self.lookahead_steps = 0
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        base = self.__dict__.get("base_optimizer")
-        if base is None:
-            return self.__dict__[_PLACEHOLDER_GROUPS]
-        return base.param_groups
-
-    @param_groups.setter
-    def param_groups(self, groups: list[dict[str, Any]]) -> None:
-        base = self.__dict__.get("base_optimizer")
-        if base is None:
-            self.__dict__[_PLACEHOLDER_GROUPS] = groups
-        else:
-            base.param_groups = groups
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Adds the group to the base optimizer (its slow weights start at the next step)."""
-        base = self.__dict__.get("base_optimizer")
-        if base is None:
-            super().add_param_group(param_group)
-        else:
-            base.add_param_group(param_group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
