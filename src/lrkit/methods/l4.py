@@ -724,7 +724,7 @@ class L4Adam(_L4Direct):
     takes the same steps (up to rounding). ``weight_decay`` is an L2 term in the loss L4
     sees (L + wd/2·|w|², g + wd·w). Per group: alpha (scales that group's η), betas,
     adam_epsilon, weight_decay, foreach; γ, γ0, τ, ε are global.
-    ``foreach=None`` uses the multi-tensor kernels on CUDA/XPU and per-tensor kernels elsewhere.
+    ``foreach=None`` uses the multi-tensor kernels on CPU, CUDA and XPU.
     """
 
     _direction_kind = "adam"
