@@ -242,3 +242,7 @@ def test_every_suite_runs_as_smoke_from_the_cli(suite_name, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["smoke"] and results["runs"]
     assert Path(tmp_path / "report.md").exists()
+    # every claim finds the runs it names (a renamed entry must not make a claim vanish)
+    for claim in results["claims"]:
+        assert "missing runs" not in claim["measured"], claim
+        assert "no runs of" not in claim["measured"], claim

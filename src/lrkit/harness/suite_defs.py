@@ -36,28 +36,23 @@ def lrkit_methods() -> tuple[Entry, ...]:
     return tuple(Entry(spec.name) for spec in implemented_methods("lrkit"))
 
 
-def l4_claims() -> tuple:
-    names = {spec.name for spec in implemented_methods("lrkit")}
-    claims = []
-    if "l4adam" in names:
-        claims.append(
-            matches_or_beats(
-                "l4adam",
-                "adam",
-                "L4Adam at its defaults is at least as good as Adam at its best constant LR "
-                "(L4 paper, Sec. 3, Table 1).",
-            )
-        )
-    if "l4mom" in names:
-        claims.append(
-            matches_or_beats(
-                "l4mom",
-                "momentum",
-                "L4Mom at its defaults is at least as good as momentum SGD at its best "
-                "constant LR (L4 paper, Sec. 3, Table 1).",
-            )
-        )
-    return tuple(claims)
+def _l4_base_claims(source: str = "Table 1") -> tuple:
+    """L4's central claim, checked against the tuned base optimizers; ``source`` names where
+    in the paper this experiment's version of it stands."""
+    return (
+        matches_or_beats(
+            "l4adam",
+            "adam",
+            "L4Adam at its defaults is at least as good as Adam at its best constant LR "
+            f"(L4 paper, {source}).",
+        ),
+        matches_or_beats(
+            "l4mom",
+            "momentum",
+            "L4Mom at its defaults is at least as good as momentum SGD at its best constant "
+            f"LR (L4 paper, {source}).",
+        ),
+    )
 
 
 @register_suite("quick", "offline, a few minutes: digits MLP, Recht regression, Beale")
@@ -78,7 +73,7 @@ def quick() -> Suite:
                 title="scikit-learn digits, MLP",
                 task="digits_mlp",
                 entries=tuned_baselines() + peers() + lrkit_methods(),
-                claims=l4_claims(),
+                claims=_l4_base_claims("Sec. 3, Table 1"),
             ),
             Experiment(
                 name="recht_regression",
@@ -93,7 +88,7 @@ def quick() -> Suite:
                 + peers()
                 + lrkit_methods(),
                 loss_thresholds=(1e-2, 1e-6),
-                claims=l4_claims()[:1],
+                claims=_l4_base_claims("Sec. 3, Table 1")[:1],
             ),
             Experiment(
                 name="beale",
@@ -122,25 +117,6 @@ MLP_EPOCHS = 5
 TABLE3_EPOCHS = (1, 2, 5)
 BATCH_SIZES = (8, 16, 32, 64)
 RECURRENT_CLIP = 10.0
-
-
-def _l4_base_claims(source: str = "Table 1") -> tuple:
-    """L4's central claim, checked against the tuned base optimizers; ``source`` names where
-    in the paper this experiment's version of it stands."""
-    return (
-        matches_or_beats(
-            "l4adam",
-            "adam",
-            "L4Adam at its defaults is at least as good as Adam at its best constant LR "
-            f"(L4 paper, {source}).",
-        ),
-        matches_or_beats(
-            "l4mom",
-            "momentum",
-            "L4Mom at its defaults is at least as good as momentum SGD at its best constant "
-            f"LR (L4 paper, {source}).",
-        ),
-    )
 
 
 def _recht_experiment(variant: str, condition: str) -> Experiment:
