@@ -64,7 +64,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from lrkit.methods.registry import MethodSpec, register_method
-from lrkit.methods.wrapping import WrapsOptimizer, base_parameters
+from lrkit.methods.wrapping import WrapsOptimizer, base_parameters, load_wrapped_state
 
 __all__ = [
     "L4",
@@ -1047,22 +1047,8 @@ class L4(WrapsOptimizer, _L4Base):
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "l4" not in state_dict:
-            raise ValueError(
-                "state dict has no 'l4' entry: it was not saved by L4.state_dict(); load a "
-                "bare base-optimizer state with l4.base_optimizer.load_state_dict()"
-            )
-        saved = state_dict["l4"]
+        saved = load_wrapped_state(self, state_dict, "l4", "grad_avgs", "gradient averages")
         params = self._parameters()
-        unknown = [index for index in saved["grad_avgs"] if not 0 <= index < len(params)]
-        if unknown:
-            raise ValueError(
-                f"state dict has gradient averages for parameter indices {unknown}, but this "
-                f"optimizer has {len(params)} parameters; build it over the same parameters"
-            )
-        self.base_optimizer.load_state_dict(
-            {key: value for key, value in state_dict.items() if key != "l4"}
-        )
         self._load_l4_state(saved)
         self.l4_hparams = {key: float(value) for key, value in saved["hparams"].items()}
         self.state.clear()

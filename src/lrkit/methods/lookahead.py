@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lrkit.methods.registry import MethodSpec, register_method
-from lrkit.methods.wrapping import WrapsOptimizer, base_parameters
+from lrkit.methods.wrapping import WrapsOptimizer, base_parameters, load_wrapped_state
 
 
 class Lookahead(WrapsOptimizer, torch.optim.Optimizer):
@@ -100,22 +100,8 @@ class Lookahead(WrapsOptimizer, torch.optim.Optimizer):
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "lookahead" not in state_dict:
-            raise ValueError(
-                "state dict has no 'lookahead' entry: it was not saved by Lookahead.state_dict(); "
-                "load a bare base-optimizer state with lookahead.base_optimizer.load_state_dict()"
-            )
-        saved = state_dict["lookahead"]
+        saved = load_wrapped_state(self, state_dict, "lookahead", "slow_params", "slow weights")
         parameters = self._parameters()
-        unknown = [index for index in saved["slow_params"] if not 0 <= index < len(parameters)]
-        if unknown:
-            raise ValueError(
-                f"state dict has slow weights for parameter indices {unknown}, but this "
-                f"optimizer has {len(parameters)} parameters; build it over the same parameters"
-            )
-        self.base_optimizer.load_state_dict(
-            {key: value for key, value in state_dict.items() if key != "lookahead"}
-        )
         self.k = int(saved["k"])
         self.alpha = float(saved["alpha"])
         self.lookahead_steps = int(saved["steps"])

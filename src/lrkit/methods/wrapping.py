@@ -52,3 +52,27 @@ class WrapsOptimizer:
 
 def base_parameters(base_optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in base_optimizer.param_groups for p in group["params"]]
+
+
+def load_wrapped_state(
+    wrapper: torch.optim.Optimizer, state_dict: dict[str, Any], key: str, indexed: str, what: str
+) -> dict[str, Any]:
+    """Loads the base optimizer's part of a wrapper's ``state_dict`` (everything but
+    ``state_dict[key]``) and returns the wrapper's own entry, after checking that its
+    per-parameter part ``saved[indexed]`` (keyed by parameter index) fits this optimizer."""
+    name = type(wrapper).__name__
+    if key not in state_dict:
+        raise ValueError(
+            f"state dict has no {key!r} entry: it was not saved by {name}.state_dict(); load a "
+            f"bare base-optimizer state with {name.lower()}.base_optimizer.load_state_dict()"
+        )
+    saved = state_dict[key]
+    count = len(base_parameters(wrapper.base_optimizer))
+    unknown = [index for index in saved[indexed] if not 0 <= index < count]
+    if unknown:
+        raise ValueError(
+            f"state dict has {what} for parameter indices {unknown}, but this optimizer has "
+            f"{count} parameters; build it over the same parameters"
+        )
+    wrapper.base_optimizer.load_state_dict({k: v for k, v in state_dict.items() if k != key})
+    return saved
