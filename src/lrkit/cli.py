@@ -62,7 +62,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         suite = suite.smoke()
     if args.tasks or args.methods:
         suite = select(suite, tasks=_csv(args.tasks or ""), methods=_csv(args.methods or ""))
-    command = shlex.join(["lrkit", *sys.argv[1:]]) if args.argv is None else args.argv
+    command = shlex.join(["lrkit", *args.argv])
     results = run_suite(
         suite,
         Path(args.out),
@@ -168,7 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma-separated methods or entry labels to keep")
     p.add_argument("--smoke", action="store_true", help="a few steps of everything (CI)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--argv", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("report", help="rebuild report.md and plots from DIR/results.json")
@@ -201,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.threads is not None:
         import torch
 

@@ -19,7 +19,7 @@ import re
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 
 import lrkit
 from lrkit.harness.suites import Entry, Experiment, Suite
-from lrkit.harness.training import RunConfig, train
+from lrkit.harness.training import RunConfig, progress_bar, train
 from lrkit.methods import get_method
 from lrkit.tasks import get_task
 
@@ -192,8 +192,6 @@ def select(
 ) -> Suite:
     """The suite restricted to the given tasks and methods (by task name / method name or
     entry label)."""
-    from dataclasses import replace
-
     experiments = []
     for experiment in suite.experiments:
         if tasks and experiment.task not in tasks and experiment.name not in tasks:
@@ -225,7 +223,7 @@ def run_suite(
     _check_available(suite)
     started = time.time()
     runner = Runner(suite, out, n_seeds, progress)
-    bar = _bar(count_runs(suite, n_seeds), f"lrkit bench {suite.name}", progress)
+    bar = progress_bar(count_runs(suite, n_seeds), f"lrkit bench {suite.name}", progress)
     for experiment in suite.experiments:
         for entry in experiment.entries:
             runner.run_entry(experiment, entry, bar)
@@ -267,12 +265,6 @@ def _check_available(suite: Suite) -> None:
                     f"(needs {spec.requires or 'an implementation'}); pip install 'lrkit[all]' "
                     f"or leave it out with --methods"
                 )
-
-
-def _bar(total: int, description: str, enabled: bool):
-    from lrkit.harness.training import _progress_bar
-
-    return _progress_bar(total, description, enabled)
 
 
 @dataclass

@@ -51,11 +51,11 @@ def reaches_relative_loss(method: str, threshold: float, text: str) -> Claim:
         if row is None:
             return None, f"no runs of {method}"
         held = row["n"] == row["runs"] and row["runs"] > 0
-        final = result.row(method, "train_loss_end")
-        tail = (
-            "" if final is None else f"; final loss {_describe(result, method, 'train_loss_end')}"
+        final = _describe(result, method, result.primary_metric)
+        return held, (
+            f"{row['n']}/{row['runs']} seeds reached {threshold:g}×initial; final "
+            f"{result.primary_metric}: {final}"
         )
-        return held, f"{row['n']}/{row['runs']} seeds reached {threshold:g}×initial{tail}"
 
     return Claim(text, check)
 

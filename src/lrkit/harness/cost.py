@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue as queue_module
 import resource
 import statistics
 import time
@@ -145,7 +146,16 @@ def peak_memory_mb(
             del os.environ[MMAP_THRESHOLD_VARIABLE]
         else:
             os.environ[MMAP_THRESHOLD_VARIABLE] = saved
-    value = queue.get(timeout=600)
+    while True:
+        try:
+            value = queue.get(timeout=1.0)
+            break
+        except queue_module.Empty:
+            if not child.is_alive():
+                raise RuntimeError(
+                    f"the peak-memory process for {method!r} on {task_name!r} exited with code "
+                    f"{child.exitcode} before reporting"
+                ) from None
     child.join()
     return float(value)
 

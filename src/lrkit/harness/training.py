@@ -99,7 +99,7 @@ def train(config: RunConfig, progress: bool = False) -> dict[str, Any]:
     pending: list[torch.Tensor] = []
     diverged, error = False, None
     train_time = 0.0
-    bar = _progress_bar(total_steps, f"{config.method} on {config.task}", progress and rank == 0)
+    bar = progress_bar(total_steps, f"{config.method} on {config.task}", progress and rank == 0)
 
     def evaluate(step: int) -> None:
         with method.evaluation_model() as evaluated:
@@ -201,7 +201,8 @@ class _NoBar:
         pass
 
 
-def _progress_bar(total: int, description: str, enabled: bool):
+def progress_bar(total: int, description: str, enabled: bool):
+    """A tqdm bar when enabled and tqdm is installed, else an object that ignores updates."""
     if not enabled:
         return _NoBar()
     try:

@@ -135,16 +135,17 @@ def classification_metrics(
     total_loss, correct, count = 0.0, 0, 0
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
+    classification = not targets.is_floating_point()
     for start in range(0, inputs.shape[0], chunk):
         x = inputs[start : start + chunk]
         x = x.to(dtype) if x.is_floating_point() else x
         y = targets[start : start + chunk]
         out = model(x)
         total_loss += float(task.per_example_loss(out, y).double().sum())
-        if out.dim() >= 2 and not y.is_floating_point():
+        if classification:
             correct += int((out.argmax(dim=-1) == y).sum())
-        count += int(y.numel()) if out.dim() > 2 else int(y.shape[0])
+            count += int(y.numel())
     metrics = {f"{prefix}_loss": total_loss / max(1, inputs.shape[0])}
-    if correct or (targets.numel() and not targets.is_floating_point()):
+    if classification:
         metrics[f"{prefix}_accuracy"] = correct / max(1, count)
     return metrics
