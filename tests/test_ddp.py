@@ -13,6 +13,7 @@ A method that cannot run under DDP declares ``conformance_skips["ddp"]`` with it
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import socket
 import time
@@ -135,6 +136,8 @@ def _worker(rank: int, world_size: int, port: int, names: list[str], out_dir: st
             except Exception as exc:  # recorded per method; the test reports it
                 results[name] = f"{type(exc).__name__}: {exc}"
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        gc.collect()  # drop the DDP reducers before the group goes (see distributed_context)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -6,6 +6,7 @@ batch by rank."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Iterator
 
@@ -22,7 +23,16 @@ def distributed_context() -> Iterator[int]:
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend=backend)
+    completed = False
     try:
         yield dist.get_rank()
+        completed = True
     finally:
+        if completed:
+            # Every rank waits for the others and drops its DDP reducers before the group
+            # goes: a rank that tore gloo down while its peer (or its own reducer's worker
+            # threads) still held work aborted with "terminate called without an active
+            # exception" in CI.
+            gc.collect()
+            dist.barrier()
         dist.destroy_process_group()
