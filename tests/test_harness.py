@@ -46,6 +46,38 @@ def test_diverged_run_is_recorded_not_dropped():
     assert record["evals"][-1]["step"] == record["steps_done"]
 
 
+def _raising_method(monkeypatch, error: Exception) -> str:
+    """Registers (for this test only) momentum SGD whose 6th step raises ``error``."""
+    import dataclasses
+
+    from lrkit.methods import registry
+
+    calls = {"n": 0}
+
+    def step_fn(optimizer, inputs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise error
+        return optimizer.step(inputs.closure)
+
+    spec = dataclasses.replace(registry.get_method("momentum"), name="raises", step_fn=step_fn)
+    monkeypatch.setitem(registry.METHODS, "raises", spec)
+    return "raises"
+
+
+def test_method_refusing_a_non_finite_loss_is_a_divergence(monkeypatch):
+    name = _raising_method(monkeypatch, FloatingPointError("loss is nan"))
+    record = train(RunConfig("digits_mlp", name, hparams={"lr": 0.05}, steps=20))
+    assert record["diverged"] and record["steps_done"] == 5
+    assert record["error"] == "FloatingPointError: loss is nan"
+
+
+def test_other_method_errors_propagate_instead_of_counting_as_divergence(monkeypatch):
+    name = _raising_method(monkeypatch, ValueError("a bug, not a divergence"))
+    with pytest.raises(ValueError, match="a bug, not a divergence"):
+        train(RunConfig("digits_mlp", name, hparams={"lr": 0.05}, steps=20))
+
+
 def test_schedule_changes_the_learning_rate():
     record = train(
         RunConfig(

@@ -117,7 +117,7 @@ def train(config: RunConfig, progress: bool = False) -> dict[str, Any]:
         started = time.perf_counter()
         try:
             loss = method.step(StepInputs(closure, batch, trained, task, validation))
-        except (FloatingPointError, ValueError) as exc:
+        except FloatingPointError as exc:  # a method refusing a NaN/inf loss or gradient
             diverged, error = True, f"{type(exc).__name__}: {exc}"
             break
         train_time += time.perf_counter() - started
