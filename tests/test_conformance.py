@@ -1,34 +1,34 @@
-"""One conformance suite for every implemented method in the registry (like torch's
-``OptimizerInfo`` tables and optax's ``_common_test.py``).
+"""One conformance suite for every method configuration (tests/method_configs.py: every
+registered optimizer method plus variants), run the way the harness runs methods: through
+:func:`lrkit.harness.setup.prepare_run`, with LR schedules, weight averaging, Schedule-Free's
+train/eval switch and exactly the inputs each method's capabilities declare.
 
-Every spec in :data:`lrkit.methods.METHODS` whose kind is not ``"reserved"`` is checked;
-a peer whose optional package is missing is skipped. The checks, by the name a spec uses in
-``MethodSpec.conformance_skips`` to declare (with its reason) that one cannot apply:
+A configuration whose optional package is missing is skipped; a check that cannot apply to a
+configuration is declared in the table with its reason. The checks:
 
 * ``converges`` — 200 steps on ``quadratic_deep`` remove ≥ 75 % of the initial excess test
-  loss over the loss at the minimiser θ = 0.
-* ``param_groups`` — two param groups (the second with a different lr, or weight decay for
-  methods that need one lr in all groups) both move, and keep their own settings.
-* ``closure`` — ``step(closure)`` returns the closure's loss and calls it exactly once.
-* ``state_dict`` — save mid-run, load into a fresh model and optimizer (through
-  torch.save/torch.load): the next steps are bit-identical to the uninterrupted run.
+  loss over the loss at the minimiser θ = 0 (evaluated on the weights the harness evaluates).
+* ``param_groups`` — two param groups (the second with a different lr, or what the table
+  says) both move, and keep their own settings.
+* ``closure`` — the step calls the training closure exactly once and returns its loss.
+* ``state_dict`` — save the whole run mid-way (optimizer, schedule, averager, model) through
+  torch.save, load it into a freshly prepared run: the next steps and the evaluated weights
+  are bit-identical to the uninterrupted run.
 * ``float64`` / ``bfloat16`` — the parameters keep their dtype, the loss decreases and
   everything stays finite.
 * ``zero_grad`` — gradients are None or zero afterwards.
-* ``non_finite_loss`` (kind ``"lrkit"`` only) — a NaN or inf loss raises FloatingPointError
-  (what the training loop records as a divergence) and changes neither the parameters nor
-  the optimizer state.
+* ``non_finite_loss`` (lrkit's methods) — a NaN or inf loss raises FloatingPointError (what
+  the training loop records as a divergence) and changes neither the parameters nor the
+  optimizer state.
 * ``unknown_hyperparameter`` — a misspelt hyperparameter raises TypeError.
-
-Methods with a ``step_fn`` are stepped through it with :class:`lrkit.harness.step.StepInputs`
-(the validation batch only for methods that declare ``needs_validation``), as the harness does.
+* ``declared_inputs`` — ``step`` receives exactly the keywords the capabilities declare;
+  methods that declare no validation never get validation data.
 """
 
 from __future__ import annotations
 
 import copy
 import io
-import itertools
 import math
 import subprocess
 import sys
@@ -40,37 +40,14 @@ import torch
 from torch import nn
 
 import lrkit.methods
-from lrkit.data.batches import Batch
-from lrkit.harness.step import StepInputs, make_closure
+from lrkit.harness.setup import PreparedRun, prepare_run
 from lrkit.methods import MethodSpec
 from lrkit.tasks import get_task
 from lrkit.tasks.base import Task, TaskData
+from method_configs import MethodConfig, method_configs
 
-try:
-    import lrkit.methods.l4  # noqa: F401  (registers l4adam/l4mom while __init__ does not yet)
-except ModuleNotFoundError as missing:
-    if missing.name != "lrkit.methods.l4":
-        raise
-
-SPECS = lrkit.methods.optimizer_methods()
-LRKIT_SPECS = [spec for spec in SPECS if spec.kind == "lrkit"]
-
-# Hyperparameters for the conformance problems where a method's documented default does not
-# fit them. Adam-type steps move each coordinate by about lr per step and quadratic_deep
-# starts at distance 1 per coordinate (θ₀ = 1): with lr 1e-3 (2.5e-3 for Schedule-Free) the
-# 200-step budget cannot reach the minimum, and in bfloat16 (spacing 2⁻⁷ at 1) such steps
-# round away entirely.
-CONFORMANCE_HPARAMS: dict[str, dict[str, Any]] = {
-    "adam": {"lr": 1e-2},
-    "adamw": {"lr": 1e-2},
-    "schedulefree_adamw": {"lr": 1e-2},
-}
-# What the second param group changes. Default: half the lr. Prodigy and D-Adaptation
-# allow only one lr across groups (others must be 0), so their second group has weight decay.
-SECOND_GROUP: dict[str, dict[str, Any]] = {
-    "prodigy": {"weight_decay": 1e-2},
-    "dadapt_adam": {"weight_decay": 1e-2},
-}
+CONFIGS = method_configs()
+GUARDED = [config for config in CONFIGS if config.guarded]
 
 CONVERGENCE_STEPS = 200
 CONVERGED_EXCESS_FRACTION = 0.25
@@ -87,20 +64,20 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def _usable(spec: MethodSpec, check: str) -> MethodSpec:
+def _usable(config: MethodConfig, check: str) -> MethodConfig:
+    spec = config.spec
     if not spec.available:
         pytest.skip(
-            f"{spec.name} needs the optional package {spec.requires!r}: pip install 'lrkit[peers]'"
+            f"{spec.name} needs the optional package {spec.requires!r}: "
+            f"pip install 'lrkit[{spec.extra}]'"
         )
-    if check in spec.conformance_skips:
-        pytest.skip(
-            f"{spec.name} declares {check!r} does not apply: {spec.conformance_skips[check]}"
-        )
-    return spec
+    if check in config.skips:
+        pytest.skip(f"{config.id} declares {check!r} does not apply: {config.skips[check]}")
+    return config
 
 
-def _ids(spec: MethodSpec) -> str:
-    return spec.name
+def _ids(config: MethodConfig) -> str:
+    return config.id
 
 
 # ----------------------------------------------------------------------------- problems
@@ -149,71 +126,45 @@ def tiny_regression_task() -> Task:
     )
 
 
-class Run:
-    """A model of ``task`` in ``dtype`` with ``spec``'s optimizer, stepped through a fixed
-    sequence of training (and validation) batches starting at batch ``start``."""
-
-    def __init__(
-        self,
-        spec: MethodSpec,
-        task: Task,
-        dtype: torch.dtype = torch.float32,
-        groups: Callable[[nn.Module], list[dict[str, Any]]] | None = None,
-        start: int = 0,
-    ) -> None:
-        self.spec, self.task, self.dtype = spec, task, dtype
-        self.data = task.load_data(0)
-        self.model = task.build_model(0, dtype)
-        params = self.model.parameters() if groups is None else groups(self.model)
-        self.optimizer = spec.build_optimizer(params, **CONFORMANCE_HPARAMS.get(spec.name, {}))
-        self.train_batches = self._batches(task.train_batches, seed=0, skip=start)
-        self.validation_batches = self._batches(task.validation_batches, seed=1, skip=start)
-
-    def _batches(self, stream, seed: int, skip: int) -> Iterator[Batch]:
-        batches = stream(self.data, torch.Generator().manual_seed(seed))
-        return (
-            Batch(b.inputs.to(self.dtype), b.targets.to(self.dtype), b.indices)
-            for b in itertools.islice(batches, skip, None)
-        )
-
-    def closure(self, batch: Batch) -> Callable[[], torch.Tensor]:
-        return make_closure(self.model, self.task, batch, self.optimizer)
-
-    def step(self, make_closure: Callable[[Batch], Callable] | None = None) -> Any:
-        """One step on the next batch; ``make_closure(batch)`` may replace the standard
-        closure (to count calls or poison the loss)."""
-        batch = next(self.train_batches)
-        validation = next(self.validation_batches)
-        closure = (make_closure or self.closure)(batch)
-        if self.spec.step_fn is None:
-            return self.optimizer.step(closure)
-        inputs = StepInputs(
-            closure,
-            batch,
-            self.model,
-            self.task,
-            validation if self.spec.needs_validation else None,
-        )
-        return self.spec.step_fn(self.optimizer, inputs)
-
-    def steps(self, count: int) -> list[float]:
-        return [float(self.step()) for _ in range(count)]
-
-    def test_loss(self) -> float:
-        switch = self.spec.train_eval_switch
-        if switch:
-            self.optimizer.eval()
-        try:
-            return self.task.evaluate(self.model, self.data)["test_loss"]
-        finally:
-            if switch:
-                self.optimizer.train()
-
-    def parameters(self) -> list[torch.Tensor]:
-        return [p.detach().clone() for p in self.model.parameters()]
+def make_run(
+    config: MethodConfig,
+    task: Task,
+    dtype: torch.dtype | None = None,
+    param_groups: Callable[[nn.Module], list[dict[str, Any]]] | None = None,
+    steps: int = CONVERGENCE_STEPS,
+) -> PreparedRun:
+    return prepare_run(
+        task,
+        config.spec,
+        hparams=config.hparams,
+        dtype=dtype,
+        param_groups=param_groups,
+        steps=steps,
+    )
 
 
-def _assert_same(actual: Any, expected: Any, where: str = "state_dict") -> None:
+def take_steps(run: PreparedRun, count: int) -> list[float]:
+    return [float(run.step()) for _ in range(count)]
+
+
+def evaluated_loss(run: PreparedRun) -> float:
+    with run.method.evaluation_model() as model:
+        return run.task.evaluate(model, run.data)["test_loss"]
+
+
+def parameters(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def returned_loss(run: PreparedRun, closure_value: torch.Tensor) -> float:
+    """What the step should return for a closure value: per-example closures return the
+    vector, whose reduction is the loss."""
+    if run.spec.capabilities.per_example_losses:
+        return float(run.task.reduce(closure_value.detach()))
+    return float(closure_value)
+
+
+def _assert_same(actual: Any, expected: Any, where: str = "state") -> None:
     """Exact, NaN-aware, recursive equality of state dicts."""
     if isinstance(expected, torch.Tensor):
         assert isinstance(actual, torch.Tensor), f"{where}: tensor became {type(actual)}"
@@ -245,8 +196,8 @@ def mlp() -> Task:
 # ------------------------------------------------------------------------------- checks
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=_ids)
-def test_converges_on_quadratic_deep(spec: MethodSpec, quadratic: Task) -> None:
+@pytest.mark.parametrize("config", CONFIGS, ids=_ids)
+def test_converges_on_quadratic_deep(config: MethodConfig, quadratic: Task) -> None:
     """The excess test loss L − L(θ* = 0) over the noise floor must fall to 25 % of its
     initial value in 200 steps. Most of the initial excess lies in the 10 high-curvature
     directions (eigenvalues 30–60); the 90 directions with eigenvalues in (0, 1) hold a small
@@ -255,11 +206,11 @@ def test_converges_on_quadratic_deep(spec: MethodSpec, quadratic: Task) -> None:
     budget, while a method that stalls, diverges or steps the wrong way removes next to
     nothing; the margin leaves room for methods whose noise-driven steps keep them above the
     floor (mini-batches of 128 from 1000 noisy points)."""
-    _usable(spec, "converges")
-    run = Run(spec, quadratic)
-    initial = run.test_loss()
-    losses = run.steps(CONVERGENCE_STEPS)
-    final = run.test_loss()
+    _usable(config, "converges")
+    run = make_run(config, quadratic)
+    initial = evaluated_loss(run)
+    losses = take_steps(run, CONVERGENCE_STEPS)
+    final = evaluated_loss(run)
     at_optimum = quadratic.build_model(0)
     with torch.no_grad():
         for p in at_optimum.parameters():
@@ -267,17 +218,17 @@ def test_converges_on_quadratic_deep(spec: MethodSpec, quadratic: Task) -> None:
     floor = quadratic.evaluate(at_optimum, run.data)["test_loss"]
     assert all(math.isfinite(loss) for loss in losses)
     assert final - floor <= CONVERGED_EXCESS_FRACTION * (initial - floor), (
-        f"{spec.name}: test loss {initial:.2f} → {final:.2f} in {CONVERGENCE_STEPS} steps; "
+        f"{config.id}: test loss {initial:.2f} → {final:.2f} in {CONVERGENCE_STEPS} steps; "
         f"floor {floor:.2f}"
     )
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=_ids)
-def test_param_groups(spec: MethodSpec, mlp: Task) -> None:
-    _usable(spec, "param_groups")
-    hparams = {**spec.defaults, **CONFORMANCE_HPARAMS.get(spec.name, {})}
-    if spec.name in SECOND_GROUP:
-        second = SECOND_GROUP[spec.name]
+@pytest.mark.parametrize("config", CONFIGS, ids=_ids)
+def test_param_groups(config: MethodConfig, mlp: Task) -> None:
+    _usable(config, "param_groups")
+    hparams = {**config.spec.defaults, **config.hparams}
+    if config.second_group is not None:
+        second = config.second_group
     else:
         second = {"lr": 0.5 * hparams["lr"]} if "lr" in hparams else {}
 
@@ -287,139 +238,177 @@ def test_param_groups(spec: MethodSpec, mlp: Task) -> None:
             {"params": list(model.output.parameters()), **second},
         ]
 
-    run = Run(spec, mlp, groups=groups)
-    before = run.parameters()
-    run.steps(5)
-    assert len(run.optimizer.param_groups) == 2
+    run = make_run(config, mlp, param_groups=groups)
+    before = parameters(run.model)
+    take_steps(run, 5)
+    optimizer = run.method.optimizer
+    assert len(optimizer.param_groups) == 2
     for key, value in second.items():
-        assert run.optimizer.param_groups[1][key] == value
-    for name, old, new in zip(
-        [n for n, _ in run.model.named_parameters()], before, run.parameters(), strict=True
-    ):
-        assert not torch.equal(old, new), f"{spec.name}: parameter {name} did not move"
+        if key == "lr" and run.method.scheduler is not None:
+            continue  # the schedule changes lr; the group still has its own
+        assert optimizer.param_groups[1][key] == value
+    names = [n for n, _ in run.model.named_parameters()]
+    for name, old, new in zip(names, before, parameters(run.model), strict=True):
+        assert not torch.equal(old, new), f"{config.id}: parameter {name} did not move"
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=_ids)
-def test_step_calls_the_closure_once_and_returns_its_loss(spec: MethodSpec, mlp: Task) -> None:
-    _usable(spec, "closure")
-    run = Run(spec, mlp)
+@pytest.mark.parametrize("config", CONFIGS, ids=_ids)
+def test_step_calls_the_closure_once_and_returns_its_loss(config: MethodConfig, mlp: Task) -> None:
+    _usable(config, "closure")
+    run = make_run(config, mlp)
     for _ in range(3):
-        returned_by_closure: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
 
-        def counting(batch: Batch, log: list[torch.Tensor] = returned_by_closure):
-            closure = run.closure(batch)
-
+        def counting(closure: Callable[[], torch.Tensor], log=values):
             def counted() -> torch.Tensor:
-                loss = closure()
-                log.append(loss)
-                return loss
+                value = closure()
+                log.append(value)
+                return value
 
             return counted
 
         returned = run.step(counting)
-        assert len(returned_by_closure) == 1, (
-            f"{spec.name} called the closure {len(returned_by_closure)} times in one step"
-        )
-        assert returned is not None, f"{spec.name}.step(closure) returned None"
-        assert float(returned) == float(returned_by_closure[0])
+        assert len(values) == 1, f"{config.id} called the closure {len(values)} times"
+        assert returned is not None, f"{config.id}.step(closure) returned None"
+        assert float(returned) == returned_loss(run, values[0])
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=_ids)
-def test_state_dict_resumes_bit_identically(spec: MethodSpec, mlp: Task) -> None:
-    _usable(spec, "state_dict")
-    run = Run(spec, mlp)
-    run.steps(RESUME_AFTER)
-    snapshot = copy.deepcopy(run.optimizer.state_dict())
+@pytest.mark.parametrize("config", CONFIGS, ids=_ids)
+def test_state_dict_resumes_bit_identically(config: MethodConfig, mlp: Task) -> None:
+    _usable(config, "state_dict")
+    run = make_run(config, mlp, steps=RESUME_AFTER + RESUME_STEPS)
+    take_steps(run, RESUME_AFTER)
+    snapshot = copy.deepcopy(run.state_dict())
     buffer = io.BytesIO()
-    torch.save(run.optimizer.state_dict(), buffer)
-    saved_model = copy.deepcopy(run.model.state_dict())
-    uninterrupted = run.steps(RESUME_STEPS)
+    torch.save(run.state_dict(), buffer)
+    uninterrupted = take_steps(run, RESUME_STEPS)
 
     buffer.seek(0)
-    loaded = torch.load(buffer)
+    loaded = torch.load(buffer, weights_only=False)
     _assert_same(loaded, snapshot)
-    resumed = Run(spec, mlp, start=RESUME_AFTER)
-    resumed.model.load_state_dict(saved_model)
-    resumed.optimizer.load_state_dict(loaded)
-    assert resumed.steps(RESUME_STEPS) == uninterrupted
-    for name, a, b in zip(
-        [n for n, _ in run.model.named_parameters()],
-        run.parameters(),
-        resumed.parameters(),
-        strict=True,
-    ):
-        assert torch.equal(a, b), f"{spec.name}: {name} differs after resuming"
+    resumed = make_run(config, mlp, steps=RESUME_AFTER + RESUME_STEPS)
+    resumed.load_state_dict(loaded)
+    assert take_steps(resumed, RESUME_STEPS) == uninterrupted
+    names = [n for n, _ in run.model.named_parameters()]
+    for name, a, b in zip(names, parameters(run.model), parameters(resumed.model), strict=True):
+        assert torch.equal(a, b), f"{config.id}: {name} differs after resuming"
+    assert evaluated_loss(resumed) == evaluated_loss(run)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("spec", SPECS, ids=_ids)
-def test_dtypes(spec: MethodSpec, dtype: torch.dtype, quadratic: Task) -> None:
-    _usable(spec, str(dtype).removeprefix("torch."))
-    run = Run(spec, quadratic, dtype=dtype)
-    initial = run.test_loss()
-    losses = run.steps(DTYPE_STEPS)
-    final = run.test_loss()
+@pytest.mark.parametrize("config", CONFIGS, ids=_ids)
+def test_dtypes(config: MethodConfig, dtype: torch.dtype, quadratic: Task) -> None:
+    _usable(config, str(dtype).removeprefix("torch."))
+    run = make_run(config, quadratic, dtype=dtype, steps=DTYPE_STEPS)
+    initial = evaluated_loss(run)
+    losses = take_steps(run, DTYPE_STEPS)
+    final = evaluated_loss(run)
     for p in run.model.parameters():
         assert p.dtype == dtype
         assert torch.isfinite(p).all()
-    for state in run.optimizer.state.values():
+    for state in run.method.optimizer.state.values():
         for value in state.values() if isinstance(state, Mapping) else ():
             if isinstance(value, torch.Tensor) and value.is_floating_point():
                 assert torch.isfinite(value).all()
     assert all(math.isfinite(loss) for loss in losses)
-    assert final < initial, f"{spec.name} in {dtype}: test loss {initial:.3f} → {final:.3f}"
+    assert final < initial, f"{config.id} in {dtype}: test loss {initial:.3f} → {final:.3f}"
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=_ids)
-def test_zero_grad(spec: MethodSpec, mlp: Task) -> None:
-    _usable(spec, "zero_grad")
-    run = Run(spec, mlp)
-    run.steps(1)
-    run.closure(next(run.train_batches))()
+@pytest.mark.parametrize("config", CONFIGS, ids=_ids)
+def test_zero_grad(config: MethodConfig, mlp: Task) -> None:
+    _usable(config, "zero_grad")
+    run = make_run(config, mlp)
+    take_steps(run, 1)
+    loss = run.task.loss(run.model(run.data.train_inputs[:8]), run.data.train_targets[:8])
+    loss.backward()
     assert any(p.grad is not None for p in run.model.parameters())
-    run.optimizer.zero_grad()
+    run.method.optimizer.zero_grad()
     for p in run.model.parameters():
         assert p.grad is None or not p.grad.any()
 
 
+def _poisoned(bad_value: float, model: nn.Module):
+    """A closure whose loss and gradients are NaN/inf (a diverged run), in either form."""
+
+    def wrap(closure: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        def poisoned() -> torch.Tensor:
+            value = closure()
+            if value.requires_grad:  # graph form: the method differentiates this
+                return value * bad_value
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(bad_value)
+            return value * bad_value
+
+        return poisoned
+
+    return wrap
+
+
 @pytest.mark.parametrize("bad_value", [math.nan, math.inf], ids=["nan", "inf"])
-@pytest.mark.parametrize("spec", LRKIT_SPECS, ids=_ids)
+@pytest.mark.parametrize("config", GUARDED, ids=_ids)
 def test_non_finite_loss_is_rejected_without_side_effects(
-    spec: MethodSpec, bad_value: float, mlp: Task
+    config: MethodConfig, bad_value: float, mlp: Task
 ) -> None:
-    _usable(spec, "non_finite_loss")
-    run = Run(spec, mlp)
-    run.steps(2)
-    params = run.parameters()
-    state = copy.deepcopy(run.optimizer.state_dict())
-
-    def poisoned(batch: Batch) -> Callable[[], torch.Tensor]:
-        """The model's loss times NaN/inf: a diverged run (loss and gradients non-finite)."""
-
-        def poisoned_closure() -> torch.Tensor:
-            run.optimizer.zero_grad()
-            loss = run.task.loss(run.model(batch.inputs), batch.targets) * bad_value
-            loss.backward()
-            return loss.detach()
-
-        return poisoned_closure
-
+    _usable(config, "non_finite_loss")
+    run = make_run(config, mlp)
+    take_steps(run, 2)
+    params = parameters(run.model)
+    state = copy.deepcopy(run.method.optimizer.state_dict())
     with pytest.raises(FloatingPointError):
-        run.step(poisoned)
-    for old, new in zip(params, run.parameters(), strict=True):
+        run.step(_poisoned(bad_value, run.model))
+    for old, new in zip(params, parameters(run.model), strict=True):
         assert torch.equal(old, new)
-    _assert_same(run.optimizer.state_dict(), state)
+    _assert_same(run.method.optimizer.state_dict(), state)
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=_ids)
-def test_unknown_hyperparameter_is_a_type_error(spec: MethodSpec, mlp: Task) -> None:
-    _usable(spec, "unknown_hyperparameter")
-    model = mlp.build_model(0)
+@pytest.mark.parametrize("config", CONFIGS, ids=_ids)
+def test_unknown_hyperparameter_is_a_type_error(config: MethodConfig, mlp: Task) -> None:
+    _usable(config, "unknown_hyperparameter")
+    run = make_run(config, mlp)
     with pytest.raises(TypeError):
-        spec.build_optimizer(model.parameters(), learning_rate_typo=0.1)
+        config.spec.build_optimizer(
+            run.model.parameters(), run.context, **config.hparams, learning_rate_typo=0.1
+        )
 
 
-PEER_IMPORTS = sorted({spec.requires for spec in SPECS if spec.requires is not None})
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+@pytest.mark.parametrize("config", CONFIGS, ids=_ids)
+def test_step_gets_exactly_the_declared_inputs(config: MethodConfig, mlp: Task) -> None:
+    """What reaches ``optimizer.step`` is what the capabilities declare, no more."""
+    _usable(config, "declared_inputs")
+    run = make_run(config, mlp)
+    received: list[dict[str, Any]] = []
+    original = run.method.optimizer.step
+
+    def spy(closure, **keywords):
+        received.append(keywords)
+        return original(closure, **keywords)
+
+    run.method.optimizer.step = spy
+    take_steps(run, 5)
+    capabilities = config.spec.capabilities
+    expected = set()
+    if capabilities.validation_every:
+        expected.add("validation_closure")
+    if capabilities.instance_indices:
+        expected.add("batch")
+    for step, keywords in enumerate(received, start=1):
+        assert set(keywords) == expected
+        if capabilities.validation_every:
+            due = step % capabilities.validation_every == 0
+            assert (keywords["validation_closure"] is not None) == due
+
+
+def test_every_registered_optimizer_method_is_configured() -> None:
+    ids = {config.id for config in CONFIGS}
+    for spec in lrkit.methods.optimizer_methods():
+        assert spec.name in ids
+
+
+PEER_IMPORTS = sorted(
+    {c.spec.requires for c in CONFIGS if c.spec.requires is not None and c.spec.kind == "peer"}
+)
 
 
 def test_peer_packages_are_imported_lazily() -> None:
@@ -433,11 +422,15 @@ def test_peer_packages_are_imported_lazily() -> None:
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("spec", [s for s in SPECS if s.requires is not None], ids=_ids)
-def test_missing_peer_package_makes_the_entry_unavailable(
+@pytest.mark.parametrize(
+    "spec",
+    [s for s in lrkit.methods.implemented_methods() if s.requires is not None],
+    ids=lambda s: s.name,
+)
+def test_missing_package_makes_the_entry_unavailable(
     spec: MethodSpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, spec.requires, None)
     assert not spec.available
-    with pytest.raises(ImportError, match=r"lrkit\[peers\]"):
-        spec.build_optimizer([nn.Parameter(torch.zeros(2))])
+    with pytest.raises(ImportError, match=rf"lrkit\[{spec.extra}\]"):
+        spec.check_available()

@@ -1,13 +1,15 @@
-"""Every implemented method under 2-process DistributedDataParallel (gloo, CPU).
+"""Every method configuration (tests/method_configs.py) under 2-process
+DistributedDataParallel (gloo, CPU).
 
-One pair of processes is spawned for the whole file; each rank wraps the same seeded float64
-MLP in DDP and, for every method in turn, trains ``STEPS`` steps on its contiguous half of
-each global batch (:meth:`lrkit.data.batches.Batch.shard`), exactly as the harness does
-(:func:`lrkit.harness.step.make_closure`, ``StepInputs`` for methods with a ``step_fn``).
-Per method the test then asserts that both ranks hold bit-identical parameters and that they
-match a single-process run on the full global batches: with equal shards, each rank's mean
-loss and DDP's gradient averaging give the full-batch mean gradient, so only rounding differs.
-A method that cannot run under DDP declares ``conformance_skips["ddp"]`` with its reason.
+One pair of processes is spawned for the whole file; each rank prepares the same seeded
+float64 MLP run with :func:`lrkit.harness.setup.prepare_run` — the harness's own path, which
+wraps the model in DDP and gives each rank its contiguous half of every global batch, and
+hands each method the inputs its capabilities declare — and trains ``STEPS`` steps of every
+configuration in turn. Per configuration the test then asserts that both ranks hold
+bit-identical parameters and method state, and that they match a single-process run on the
+full global batches: with equal shards, each rank's mean loss and DDP's (or the method's own)
+gradient averaging give the full-batch mean gradient, so only rounding differs. A
+configuration that cannot run under DDP declares the ``ddp`` skip with its reason.
 """
 
 from __future__ import annotations
@@ -25,17 +27,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-import lrkit.methods
-from lrkit.data.batches import Batch
-from lrkit.harness.step import StepInputs, make_closure
-from lrkit.methods import MethodSpec, get_method
+from lrkit.harness.setup import prepare_run
 from lrkit.tasks.base import Task, TaskData
-
-try:
-    import lrkit.methods.l4  # noqa: F401  (registers l4adam/l4mom while __init__ does not yet)
-except ModuleNotFoundError as missing:
-    if missing.name != "lrkit.methods.l4":
-        raise
+from method_configs import MethodConfig, method_configs
+from test_conformance import _assert_same
 
 WORLD_SIZE = 2
 STEPS = 10
@@ -46,8 +41,10 @@ SPAWN_DEADLINE_S = 120
 # carried through 10 steps: a few ulps, far inside these tolerances.
 RTOL, ATOL = 1e-11, 1e-13
 
-SPECS = lrkit.methods.optimizer_methods()
-RUNNABLE = [spec.name for spec in SPECS if spec.available and "ddp" not in spec.conformance_skips]
+CONFIGS = {config.id: config for config in method_configs()}
+RUNNABLE = [
+    config.id for config in CONFIGS.values() if config.spec.available and "ddp" not in config.skips
+]
 
 
 class SmallMLP(nn.Module):
@@ -92,30 +89,19 @@ def regression_task() -> Task:
     )
 
 
-def train(name: str, rank: int, world_size: int) -> list[torch.Tensor]:
-    """``STEPS`` steps of method ``name``; under DDP when ``world_size`` > 1."""
-    spec = get_method(name)
-    task = regression_task()
-    data = task.load_data(0)
-    model = task.build_model(0, torch.float64)
-    trained: nn.Module = model
-    if world_size > 1:
-        trained = nn.parallel.DistributedDataParallel(model)
-    optimizer = spec.build_optimizer(model.parameters())
-    train_batches = task.train_batches(data, torch.Generator().manual_seed(0))
-    validation_batches = task.validation_batches(data, torch.Generator().manual_seed(1))
+def train(config_id: str) -> dict[str, object]:
+    """``STEPS`` steps of one configuration (under DDP when a process group is up): the
+    parameters and the optimizer's state dict."""
+    config = CONFIGS[config_id]
+    run = prepare_run(
+        regression_task(), config.spec, hparams=config.hparams, dtype=torch.float64, steps=STEPS
+    )
     for _ in range(STEPS):
-        batch: Batch = next(train_batches)
-        validation = next(validation_batches)
-        if world_size > 1:
-            batch = batch.shard(rank, world_size)
-        closure = make_closure(trained, task, batch, optimizer)
-        if spec.step_fn is None:
-            optimizer.step(closure)
-        else:
-            needed = validation if spec.needs_validation else None
-            spec.step_fn(optimizer, StepInputs(closure, batch, trained, task, needed))
-    return [p.detach().clone() for p in model.parameters()]
+        run.step()
+    return {
+        "params": [p.detach().clone() for p in run.model.parameters()],
+        "state": run.method.optimizer.state_dict(),
+    }
 
 
 def _worker(rank: int, world_size: int, port: int, names: list[str], out_dir: str) -> None:
@@ -129,10 +115,10 @@ def _worker(rank: int, world_size: int, port: int, names: list[str], out_dir: st
         timeout=datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S),
     )
     try:
-        results: dict[str, list[torch.Tensor] | str] = {}
+        results: dict[str, dict | str] = {}
         for name in names:
             try:
-                results[name] = train(name, rank, world_size)
+                results[name] = train(name)
             except Exception as exc:  # recorded per method; the test reports it
                 results[name] = f"{type(exc).__name__}: {exc}"
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
@@ -176,19 +162,22 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
-def test_ddp_matches_single_process(spec: MethodSpec, ddp_results: list[dict]) -> None:
-    if not spec.available:
-        pytest.skip(f"{spec.name} needs the optional package {spec.requires!r}")
-    if "ddp" in spec.conformance_skips:
-        pytest.skip(f"{spec.name} declares 'ddp' does not apply: {spec.conformance_skips['ddp']}")
-    per_rank = [results[spec.name] for results in ddp_results]
+@pytest.mark.parametrize("config", list(CONFIGS.values()), ids=lambda config: config.id)
+def test_ddp_matches_single_process(config: MethodConfig, ddp_results: list[dict]) -> None:
+    if not config.spec.available:
+        pytest.skip(f"{config.id} needs the optional package {config.spec.requires!r}")
+    if "ddp" in config.skips:
+        pytest.skip(f"{config.id} declares 'ddp' does not apply: {config.skips['ddp']}")
+    per_rank = [results[config.id] for results in ddp_results]
     for rank, result in enumerate(per_rank):
-        assert not isinstance(result, str), f"{spec.name} failed on rank {rank}: {result}"
-    for p0, p1 in zip(*per_rank, strict=True):
-        assert torch.equal(p0, p1), f"{spec.name}: the ranks' parameters differ"
-    single = train(spec.name, rank=0, world_size=1)
+        assert not isinstance(result, str), f"{config.id} failed on rank {rank}: {result}"
+    for p0, p1 in zip(per_rank[0]["params"], per_rank[1]["params"], strict=True):
+        assert torch.equal(p0, p1), f"{config.id}: the ranks' parameters differ"
+    _assert_same(per_rank[1]["state"], per_rank[0]["state"], f"{config.id} state on rank 1")
+    single = train(config.id)
     initial = list(regression_task().build_model(0, torch.float64).parameters())
-    for distributed, reference, start in zip(per_rank[0], single, initial, strict=True):
-        assert not torch.equal(reference, start.detach()), f"{spec.name} did not move"
+    for distributed, reference, start in zip(
+        per_rank[0]["params"], single["params"], initial, strict=True
+    ):
+        assert not torch.equal(reference, start.detach()), f"{config.id} did not move"
         torch.testing.assert_close(distributed, reference, rtol=RTOL, atol=ATOL)

@@ -12,12 +12,14 @@ import pytest
 
 from lrkit.cli import main
 from lrkit.harness import bench as bench_module
-from lrkit.harness import suite_defs  # noqa: F401  (registers the suites)
 from lrkit.harness.bench import count_runs, run_suite
 from lrkit.harness.claims import matches_or_beats
 from lrkit.harness.cost import measure_cost
-from lrkit.harness.suites import SUITES, Entry, Experiment, Suite, get_suite
-from lrkit.harness.training import RunConfig, threshold_crossings, train
+from lrkit.harness.experiments import Contender, Experiment, Suite
+from lrkit.harness.report import write_report
+from lrkit.harness.results import RunConfig, threshold_crossings
+from lrkit.harness.training import train
+from lrkit.suites import SUITES, get_suite
 
 
 def test_train_record_has_curves_evals_and_final_metrics():
@@ -54,13 +56,22 @@ def _raising_method(monkeypatch, error: Exception) -> str:
 
     calls = {"n": 0}
 
-    def step_fn(optimizer, inputs):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise error
-        return optimizer.step(inputs.closure)
+    def factory(params, **hparams):
+        optimizer = registry.get_method("momentum").make_optimizer(params, **hparams)
+        original = optimizer.step
 
-    spec = dataclasses.replace(registry.get_method("momentum"), name="raises", step_fn=step_fn)
+        def step(closure=None):
+            calls["n"] += 1
+            if calls["n"] == 6:
+                raise error
+            return original(closure)
+
+        optimizer.step = step
+        return optimizer
+
+    spec = dataclasses.replace(
+        registry.get_method("momentum"), name="raises", make_optimizer=factory
+    )
     monkeypatch.setitem(registry.METHODS, "raises", spec)
     return "raises"
 
@@ -105,15 +116,19 @@ def _tiny_suite() -> Suite:
         name="quick",
         description="test suite",
         seeds=2,
-        experiments=(
+        plan=(
             Experiment(
                 name="digits_mlp",
                 title="digits",
                 task="digits_mlp",
                 steps=12,
                 eval_every=6,
-                entries=(Entry("sgd", grid={"lr": (1e-3, 0.1, 1e4)}), Entry("adam")),
-                claims=(matches_or_beats("adam", "sgd", "Adam is at least as good as SGD."),),
+                contenders=(Contender("sgd", grid={"lr": (1e-3, 0.1, 1e4)}), Contender("adam")),
+                claims=(
+                    matches_or_beats(
+                        "adam_vs_sgd", "adam", "sgd", "Adam is at least as good as SGD."
+                    ),
+                ),
             ),
         ),
     )
@@ -122,6 +137,7 @@ def _tiny_suite() -> Suite:
 def test_bench_tunes_writes_outputs_and_resumes(tmp_path, monkeypatch):
     suite = _tiny_suite()
     results = run_suite(suite, tmp_path, progress=False)
+    write_report(results, tmp_path, suite)
     assert len(results["runs"]) == count_runs(suite, 2) == 3 + 1 + 2
     assert set(results) >= {"suite", "command", "environment", "runs", "summary"}
     rows = [r for r in results["summary"] if r["metric"] == "test_accuracy"]
@@ -146,7 +162,8 @@ def test_bench_tunes_writes_outputs_and_resumes(tmp_path, monkeypatch):
 
 
 def test_report_is_rebuilt_from_results_json(tmp_path):
-    run_suite(get_suite("quick").smoke(), tmp_path, progress=False, smoke=True)
+    suite = get_suite("quick").smoke()
+    write_report(run_suite(suite, tmp_path, progress=False, smoke=True), tmp_path, suite)
     (tmp_path / "report.md").unlink()
     assert main(["report", str(tmp_path)]) == 0
     assert "lrkit bench `quick` (smoke run)" in (tmp_path / "report.md").read_text()

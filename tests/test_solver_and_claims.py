@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from lrkit.harness.bench import ExperimentResult
-from lrkit.harness.claims import fewer_steps_than_grid, matches_or_beats, reaches_relative_loss
-from lrkit.harness.report import _cost_section
-from lrkit.harness.suites import Entry, Experiment
-from lrkit.harness.training import RunConfig, train
+from lrkit.harness.claims import (
+    evaluate_cost_claims,
+    fewer_steps_than_grid,
+    matches_or_beats,
+    reaches_relative_loss,
+)
+from lrkit.harness.experiments import Contender, Experiment
+from lrkit.harness.results import ExperimentResult, RunConfig
+from lrkit.harness.training import train
 
 pytest.importorskip("scipy")
 
@@ -36,7 +40,7 @@ def test_levenberg_marquardt_rejects_a_mean_reduced_task():
 
 
 def _result(rows: list[dict], maximize: bool = True) -> ExperimentResult:
-    experiment = Experiment(name="e", title="e", task="digits_mlp", entries=(Entry("adam"),))
+    experiment = Experiment(name="e", title="e", task="digits_mlp", contenders=(Contender("adam"),))
     return ExperimentResult(experiment, "test_accuracy", maximize, runs=[], rows=rows)
 
 
@@ -53,7 +57,7 @@ def _row(method: str, metric: str, mean, std=0.0, n=3, runs=3, diverged=0) -> di
 
 
 def test_matches_or_beats_uses_the_baseline_spread():
-    claim = matches_or_beats("ours", "base", "ours ≥ base")
+    claim = matches_or_beats("c", "ours", "base", "ours ≥ base")
     close = _result(
         [_row("ours", "test_accuracy", 0.90), _row("base", "test_accuracy", 0.91, 0.02)]
     )
@@ -83,7 +87,7 @@ def test_matches_or_beats_uses_the_baseline_spread():
 
 
 def test_reaches_relative_loss_needs_every_seed():
-    claim = reaches_relative_loss("ours", 1e-10, "reaches")
+    claim = reaches_relative_loss("c", "ours", 1e-10, "reaches")
     every = _result([_row("ours", "steps_to_1e-10", 100.0)])
     some = _result([_row("ours", "steps_to_1e-10", 100.0, n=2)])
     assert claim.check(every)[0] is True
@@ -91,7 +95,7 @@ def test_reaches_relative_loss_needs_every_seed():
 
 
 def test_fewer_steps_than_grid_compares_with_the_fastest_complete_point():
-    claim = fewer_steps_than_grid("ours", ("gd",), 1e-6, "faster")
+    claim = fewer_steps_than_grid("c", "ours", ("gd",), 1e-6, "faster")
     rows = [
         _row("ours", "steps_to_1e-06", 50.0),
         _row("gd [lr=0.1]", "steps_to_1e-06", 40.0, n=2),  # not every seed: counts as never
@@ -102,7 +106,7 @@ def test_fewer_steps_than_grid_compares_with_the_fastest_complete_point():
     assert claim.check(_result(rows))[0] is False
 
 
-def test_cost_section_checks_the_target_ratio():
+def test_cost_claims_check_the_target_ratio():
     rows = [
         {
             "task": "t",
@@ -135,6 +139,6 @@ def test_cost_section_checks_the_target_ratio():
             "steps": 10,
         },
     ]
-    lines, claims = _cost_section(rows)
+    claims = evaluate_cost_claims(rows)
     assert [c["held"] for c in claims] == [True, False]
-    assert sum(line.startswith("| t |") for line in lines) == 3
+    assert [c["name"] for c in claims] == ["cost_fast_t", "cost_slow_t"]

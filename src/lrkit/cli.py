@@ -35,9 +35,9 @@ def _key_values(pairs: list[str]) -> dict:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from lrkit.harness import suite_defs  # noqa: F401  (registers the suites)
-    from lrkit.harness.suites import SUITE_SUMMARIES as suites
     from lrkit.methods import METHODS
+    from lrkit.methods.schedules import SCHEDULE_SUMMARIES
+    from lrkit.suites import SUITES
     from lrkit.tasks import TASK_SUMMARIES
 
     print("tasks:")
@@ -46,18 +46,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("methods:")
     for spec in sorted(METHODS.values(), key=lambda s: (s.kind, s.name)):
         status = "" if spec.available or spec.kind == "reserved" else " (not installed)"
-        print(f"  {spec.name:24s} [{spec.kind}] {spec.summary}{status}")
-    print("suites:")
-    for name, summary in sorted(suites.items()):
+        needs = spec.capabilities.declared()
+        needs_text = f" — needs: {', '.join(needs)}" if needs else ""
+        print(f"  {spec.name:24s} [{spec.kind}] {spec.summary}{needs_text}{status}")
+    print("schedules:")
+    for name, summary in SCHEDULE_SUMMARIES.items():
         print(f"  {name:24s} {summary}")
+    print("suites:")
+    for name, entry in sorted(SUITES.items()):
+        print(f"  {name:24s} {entry.summary} (scales: {', '.join(entry.scales)})")
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from lrkit.harness.bench import run_suite, select
-    from lrkit.harness.suites import get_suite
+    from lrkit.harness.report import write_report
+    from lrkit.suites import get_suite
 
-    suite = get_suite(args.suite)
+    suite = get_suite(args.suite, args.scale)
     if args.smoke:
         suite = suite.smoke()
     if args.tasks or args.methods:
@@ -70,7 +76,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         command=command,
         progress=not args.no_progress,
         smoke=args.smoke,
+        device=args.device,
     )
+    write_report(results, Path(args.out), suite)
     held = [c for c in results.get("claims", []) if c["held"]]
     print(
         f"lrkit bench {suite.name}: {len(results['runs'])} runs in "
@@ -81,13 +89,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from lrkit.harness.bench import finalize
     from lrkit.harness.report import write_report
+    from lrkit.suites import get_suite
 
     out = Path(args.dir)
     results_file = out / "results.json"
     if not results_file.exists():
         raise SystemExit(f"lrkit report: {results_file} does not exist; run `lrkit bench` first")
-    report = write_report(json.loads(results_file.read_text()), out)
+    results = json.loads(results_file.read_text())
+    suite = get_suite(results["suite"], results.get("scale", "cpu"))
+    if results.get("smoke"):
+        suite = suite.smoke()
+    finalize(results, suite)
+    results_file.write_text(json.dumps(results, separators=(",", ":")))
+    report = write_report(results, out, suite)
     print(f"wrote {report}")
     return 0
 
@@ -118,7 +134,8 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from lrkit.harness.distributed import distributed_context
-    from lrkit.harness.training import RunConfig, train
+    from lrkit.harness.results import RunConfig
+    from lrkit.harness.training import train
 
     config = RunConfig(
         task=args.task,
@@ -129,6 +146,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         grad_clip=args.grad_clip,
+        device=args.device,
     )
     with distributed_context() as rank:
         record = train(config, progress=not args.no_progress)
@@ -167,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", help="comma-separated tasks or experiment names to keep")
     p.add_argument("--methods", help="comma-separated methods or entry labels to keep")
     p.add_argument("--smoke", action="store_true", help="a few steps of everything (CI)")
+    p.add_argument(
+        "--scale", default="cpu", help="cpu (default: runs here) or paper, where the suite has it"
+    )
+    p.add_argument("--device", default=None, help="cpu (default) or cuda")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_bench)
 
@@ -193,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--task-option", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--json", help="write the full run record to this file")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
     return parser

@@ -1,16 +1,20 @@
-"""`lrkit bench`: runs a suite (task × method × seed), tunes baselines, writes results.
+"""`lrkit bench`: runs a suite's plan (experiments and stages), tunes contenders, and
+returns the results (the report is rendered by :mod:`lrkit.harness.report`).
 
 Layout of the output directory::
 
-    DIR/runs/*.json     one file per finished run (what an interrupted bench resumes from)
-    DIR/results.json    suite, command, environment, runs, summary, claims
-    DIR/report.md       tables and claims (lrkit.harness.report)
-    DIR/*.png           curves and LR trajectories
+    DIR/runs/*.json       one file per finished run (what an interrupted bench resumes from)
+    DIR/artifacts/*.json  one file per stage's artifact (resumed the same way)
+    DIR/results.json      suite, command, environment, runs, artifacts, summary, claims, cost
+    DIR/report.md, *.png  written by lrkit.harness.report
+
+Tuning follows DeepOBS: every grid point runs with seed 0, the best by the task's primary
+metric (a diverged run is worst) is rerun with the remaining seeds.
 """
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 import json
 import math
 import os
@@ -19,6 +23,7 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,14 +31,29 @@ from typing import Any
 import torch
 
 import lrkit
-from lrkit.harness.suites import Entry, Experiment, Suite
-from lrkit.harness.training import RunConfig, progress_bar, train
+from lrkit.harness.claims import evaluate_claims, evaluate_cost_claims
+from lrkit.harness.cost import measure_cost
+from lrkit.harness.experiments import (
+    ArtifactRef,
+    Contender,
+    Experiment,
+    Stage,
+    StageInputs,
+    Suite,
+)
+from lrkit.harness.progress import progress_bar
+from lrkit.harness.results import (
+    RunConfig,
+    downsample,
+    experiment_results,
+    grid_points,
+    hparam_text,
+    reported_record,
+    summarize,
+)
+from lrkit.harness.training import train
 from lrkit.methods import get_method
 from lrkit.tasks import get_task
-
-CURVE_POINTS_KEPT = 400
-REPORTED_CURVE_POINTS = 120
-REPORTED_CURVE_KEYS = ("step", "train_loss", "time_s", "lr", "effective_lr", "l_min")
 
 
 def environment() -> dict[str, Any]:
@@ -56,25 +76,22 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _hparam_text(hparams: dict[str, Any]) -> str:
-    return ",".join(
-        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in hparams.items()
-    )
+def _file_text(hparams: Mapping[str, Any]) -> str:
+    """Hyperparameters for a file name: scalars as they are, anything longer (a replayed
+    schedule) by a short digest of its JSON."""
+    short = {}
+    for key, value in hparams.items():
+        if isinstance(value, (list, tuple, dict)):
+            digest = hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:10]
+            short[key] = f"sha1-{digest}"
+        else:
+            short[key] = value
+    return hparam_text(short)
 
 
 def _run_file(directory: Path, experiment: str, label: str, hparams: dict, seed: int) -> Path:
-    stem = f"{experiment}__{label}__{_hparam_text(hparams)}__seed{seed}"
+    stem = f"{experiment}__{label}__{_file_text(hparams)}__seed{seed}"
     return directory / "runs" / (re.sub(r"[^A-Za-z0-9_.=,+-]", "_", stem) + ".json")
-
-
-def _grid_points(entry: Entry) -> list[dict[str, Any]]:
-    if not entry.grid:
-        return [dict(entry.hparams)]
-    names = list(entry.grid)
-    return [
-        {**entry.hparams, **dict(zip(names, values, strict=True))}
-        for values in itertools.product(*(entry.grid[name] for name in names))
-    ]
 
 
 def _score(run: dict[str, Any], metric: str, maximize: bool) -> float:
@@ -84,22 +101,33 @@ def _score(run: dict[str, Any], metric: str, maximize: bool) -> float:
     return value if maximize else -value
 
 
-def _downsample(
-    curve: dict[str, list[float]], points: int = CURVE_POINTS_KEPT
-) -> dict[str, list[float]]:
-    n = len(curve.get("step", []))
-    if n <= points:
-        return curve
-    keep = sorted({round(i * (n - 1) / (points - 1)) for i in range(points)})
-    return {key: [values[i] for i in keep] for key, values in curve.items()}
+def _write_json(path: Path, value: Any) -> None:
+    """Writes ``value`` atomically (a crash never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)
 
 
-def reported_record(record: dict[str, Any]) -> dict[str, Any]:
-    """The run as results.json keeps it: the curve thinned to REPORTED_CURVE_POINTS points
-    of the logged loss, time and learning rates (thresholds and metrics are computed from
-    the full curve before this)."""
-    curve = {k: v for k, v in record["curve"].items() if k in REPORTED_CURVE_KEYS}
-    return {**record, "curve": _downsample(curve, REPORTED_CURVE_POINTS)}
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"{what} {path} is not valid JSON ({exc}); delete it to recompute it"
+        ) from None
+
+
+def _resolve(value: Any, artifacts: Mapping[str, dict[str, Any]]) -> Any:
+    """``value`` with every :class:`ArtifactRef` (also inside dicts) replaced by its value."""
+    if isinstance(value, ArtifactRef):
+        if value.artifact not in artifacts:
+            raise KeyError(f"artifact {value.artifact!r} has not been made yet")
+        made = artifacts[value.artifact]
+        return made if value.key is None else made[value.key]
+    if isinstance(value, Mapping):
+        return {key: _resolve(item, artifacts) for key, item in value.items()}
+    return value
 
 
 @dataclass
@@ -109,19 +137,22 @@ class Runner:
     suite: Suite
     out: Path
     seeds: int
-    progress: bool = True
+    device: str | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     resumed: int = 0
 
-    def run(self, experiment: Experiment, entry: Entry, hparams: dict, seed: int, role: str):
-        path = _run_file(self.out, experiment.name, entry.name, hparams, seed)
+    def run(
+        self, experiment: Experiment, contender: Contender, hparams: dict, seed: int, role: str
+    ) -> dict[str, Any]:
+        path = _run_file(self.out, experiment.name, contender.name, hparams, seed)
         if path.exists():
-            record = json.loads(path.read_text())
+            record = _read_json(path, "run file")
             self.resumed += 1
         else:
             config = RunConfig(
                 task=experiment.task,
-                method=entry.method,
+                method=contender.method,
                 seed=seed,
                 hparams=hparams,
                 task_options=dict(experiment.task_options),
@@ -129,35 +160,37 @@ class Runner:
                 batch_size=experiment.batch_size,
                 eval_every=experiment.eval_every,
                 log_every=experiment.log_every,
-                grad_clip=entry.grad_clip,
+                grad_clip=contender.grad_clip,
                 loss_thresholds=experiment.loss_thresholds,
                 eval_subset=experiment.eval_subset,
+                device=self.device,
             )
             record = train(config)
-            record["curve"] = _downsample(record["curve"])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record))
-            tmp.replace(path)
-        record.update(experiment=experiment.name, label=entry.name, role=role)
+            record["curve"] = downsample(record["curve"])
+            _write_json(path, record)
+        record.update(experiment=experiment.name, label=contender.name, role=role)
         self.records.append(record)
         return record
 
-    def run_entry(self, experiment: Experiment, entry: Entry, bar) -> None:
+    def run_contender(self, experiment: Experiment, contender: Contender, bar) -> None:
         task = get_task(experiment.task, **experiment.task_options)
         seeds = experiment.seeds or self.seeds
-        points = _grid_points(entry)
+        resolved = replace(
+            contender,
+            hparams=_resolve(contender.hparams, self.artifacts),
+        )
+        points = grid_points(resolved)
         if len(points) == 1:
             for seed in range(seeds):
-                self.run(experiment, entry, points[0], seed, "selected")
+                self.run(experiment, resolved, points[0], seed, "selected")
                 bar.update(1)
             return
-        tuning_seeds = range(seeds) if entry.report_grid else range(1)
+        tuning_seeds = range(seeds) if contender.report_grid else range(1)
         by_point: list[list[dict]] = []
         for hparams in points:
             runs = []
             for seed in tuning_seeds:
-                runs.append(self.run(experiment, entry, hparams, seed, "grid"))
+                runs.append(self.run(experiment, resolved, hparams, seed, "grid"))
                 bar.update(1)
             by_point.append(runs)
         scores = [
@@ -168,19 +201,37 @@ class Runner:
         for record in by_point[best]:
             record["role"] = "selected"
         for seed in range(len(tuning_seeds), seeds):
-            self.run(experiment, entry, points[best], seed, "selected")
+            self.run(experiment, resolved, points[best], seed, "selected")
             bar.update(1)
+
+    def make_artifact(self, stage: Stage) -> None:
+        path = self.out / "artifacts" / f"{stage.name}.json"
+        if path.exists():
+            self.artifacts[stage.name] = _read_json(path, "artifact file")
+            return
+        inputs = StageInputs(
+            runs={
+                name: [r for r in self.records if r["experiment"] == name]
+                for name in stage.experiments
+            },
+            artifacts={name: self.artifacts[name] for name in stage.artifacts},
+        )
+        artifact = stage.build(inputs)
+        _write_json(path, artifact)
+        self.artifacts[stage.name] = artifact
 
 
 def count_runs(suite: Suite, seeds: int) -> int:
     total = 0
     for experiment in suite.experiments:
         n = experiment.seeds or seeds
-        for entry in experiment.entries:
-            points = len(_grid_points(entry))
-            if points == 1:
+        for contender in experiment.contenders:
+            points = 1
+            for values in contender.grid.values():
+                points *= len(values)
+            if not contender.grid:
                 total += n
-            elif entry.report_grid:
+            elif contender.report_grid:
                 total += points * n
             else:
                 total += points + n - 1
@@ -191,19 +242,48 @@ def select(
     suite: Suite, *, tasks: list[str] | None = None, methods: list[str] | None = None
 ) -> Suite:
     """The suite restricted to the given tasks and methods (by task name / method name or
-    entry label)."""
-    experiments = []
-    for experiment in suite.experiments:
-        if tasks and experiment.task not in tasks and experiment.name not in tasks:
+    contender label). Stages stay when every experiment they read stays."""
+    plan: list[Experiment | Stage] = []
+    kept: set[str] = set()
+    for item in suite.plan:
+        if isinstance(item, Stage):
+            if all(name in kept for name in (*item.experiments, *item.artifacts)):
+                plan.append(item)
+                kept.add(item.name)
             continue
-        entries = tuple(
-            e for e in experiment.entries if not methods or e.method in methods or e.name in methods
+        if tasks and item.task not in tasks and item.name not in tasks:
+            continue
+        contenders = tuple(
+            c for c in item.contenders if not methods or c.method in methods or c.name in methods
         )
-        if entries:
-            experiments.append(replace(experiment, entries=entries))
-    if not experiments:
+        if contenders:
+            plan.append(replace(item, contenders=contenders))
+            kept.add(item.name)
+    if not any(isinstance(item, Experiment) for item in plan):
         raise ValueError("the --tasks/--methods filters leave no experiment to run")
-    return replace(suite, experiments=tuple(experiments))
+    return replace(suite, plan=tuple(plan))
+
+
+def check_available(suite: Suite) -> None:
+    """Raises before any run when a contender's method is not installed or reserved."""
+    for experiment in suite.experiments:
+        for contender in experiment.contenders:
+            spec = get_method(contender.method)
+            if not spec.available:
+                raise ImportError(
+                    f"suite {suite.name!r} uses {contender.method!r}, which is not available "
+                    f"(needs {spec.requires or 'an implementation'}); pip install "
+                    f"'lrkit[{spec.extra}]' or leave it out with --methods"
+                )
+
+
+def finalize(results: dict[str, Any], suite: Suite) -> dict[str, Any]:
+    """Adds the summary rows and the claim verdicts computed from ``results["runs"]``
+    (what `lrkit bench` does after its runs and `lrkit report` does again)."""
+    results["summary"] = summarize(suite, results["runs"])
+    results["claims"] = evaluate_claims(experiment_results(suite, results["runs"]))
+    results["claims"] += evaluate_cost_claims(results.get("cost", []))
+    return results
 
 
 def run_suite(
@@ -214,31 +294,35 @@ def run_suite(
     command: str | None = None,
     progress: bool = True,
     smoke: bool = False,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """Runs (or resumes) ``suite`` into ``out`` and writes results.json, report and plots."""
-    from lrkit.harness.report import write_report
-
+    """Runs (or resumes) ``suite`` into ``out`` and returns the results (also written to
+    ``out/results.json``)."""
     out.mkdir(parents=True, exist_ok=True)
     n_seeds = seeds or suite.seeds
-    _check_available(suite)
+    check_available(suite)
     started = time.time()
-    runner = Runner(suite, out, n_seeds, progress)
-    bar = progress_bar(count_runs(suite, n_seeds), f"lrkit bench {suite.name}", progress)
-    for experiment in suite.experiments:
-        for entry in experiment.entries:
-            runner.run_entry(experiment, entry, bar)
+    runner = Runner(suite, out, n_seeds, device)
+    bar = progress_bar(count_runs(suite, n_seeds), f"lrkit bench {suite.name}", progress, "run")
+    for item in suite.plan:
+        if isinstance(item, Stage):
+            runner.make_artifact(item)
+            continue
+        for contender in item.contenders:
+            runner.run_contender(item, contender, bar)
     bar.close()
     cost_rows = []
     for check in suite.costs:
-        from lrkit.harness.cost import measure_cost
-
         for row in measure_cost(
             check.task, list(check.methods), steps=check.steps, memory=check.memory
         ):
-            row["max_ratio"] = check.max_ratio if row["method"] in check.methods else None
+            targeted = row["method"] in check.methods
+            row["max_ratio"] = check.max_ratio if targeted else None
+            row["source"] = check.source if targeted else ""
             cost_rows.append(row)
     results = {
         "suite": suite.name,
+        "scale": suite.scale,
         "smoke": smoke,
         "command": command or " ".join(["lrkit", *sys.argv[1:]]),
         "environment": environment(),
@@ -248,115 +332,9 @@ def run_suite(
         "train_time_s": sum(r["train_time_s"] for r in runner.records),
         "seeds": n_seeds,
         "runs": [reported_record(r) for r in runner.records],
+        "artifacts": runner.artifacts,
         "cost": cost_rows,
     }
-    results["summary"] = summarize(suite, runner.records)
-    write_report(results, out, suite)
+    finalize(results, suite)
+    _write_json(out / "results.json", results)
     return results
-
-
-def _check_available(suite: Suite) -> None:
-    for experiment in suite.experiments:
-        for entry in experiment.entries:
-            spec = get_method(entry.method)
-            if not spec.available:
-                raise ImportError(
-                    f"suite {suite.name!r} uses {entry.method!r}, which is not available "
-                    f"(needs {spec.requires or 'an implementation'}); pip install 'lrkit[all]' "
-                    f"or leave it out with --methods"
-                )
-
-
-@dataclass
-class ExperimentResult:
-    """The runs and summary rows of one experiment, with lookups for claim checks."""
-
-    experiment: Experiment
-    primary_metric: str
-    maximize: bool
-    runs: list[dict[str, Any]]
-    rows: list[dict[str, Any]]
-
-    def row(self, label: str, metric: str | None = None) -> dict[str, Any] | None:
-        metric = metric or self.primary_metric
-        for row in self.rows:
-            if row["method"] == label and row["metric"] == metric:
-                return row
-        return None
-
-    def selected_runs(self, label: str) -> list[dict[str, Any]]:
-        return [r for r in self.runs if r["label"] == label and r["role"] == "selected"]
-
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.maximize else a < b
-
-
-def _metric_values(runs: list[dict[str, Any]], metric: str) -> list[float]:
-    values = []
-    for run in runs:
-        if metric.startswith(("steps_to_", "time_to_")):
-            kind, threshold = metric.split("_to_")
-            hit = run.get("thresholds", {}).get(threshold)
-            if hit is not None:
-                values.append(float(hit["step" if kind == "steps" else "time_s"]))
-            continue
-        value = run["final"].get(metric)
-        if value is not None and not run["diverged"] and math.isfinite(value):
-            values.append(float(value))
-    return values
-
-
-def _rows_for(experiment: Experiment, label: str, runs: list[dict], metrics: list[str], **extra):
-    rows = []
-    for metric in metrics:
-        values = _metric_values(runs, metric)
-        rows.append(
-            {
-                "experiment": experiment.name,
-                "task": experiment.task,
-                "method": label,
-                "metric": metric,
-                "mean": statistics.fmean(values) if values else None,
-                "std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else None,
-                "n": len(values),
-                "runs": len(runs),
-                "diverged": sum(1 for r in runs if r["diverged"]),
-                "hparams": runs[0]["config"]["hparams"] if runs else {},
-                **extra,
-            }
-        )
-    return rows
-
-
-def experiment_results(suite: Suite, records: list[dict[str, Any]]) -> list[ExperimentResult]:
-    results = []
-    for experiment in suite.experiments:
-        task = get_task(experiment.task, **experiment.task_options)
-        runs = [r for r in records if r["experiment"] == experiment.name]
-        metrics = [task.primary_metric, *experiment.metrics]
-        metrics += [
-            f"{kind}_to_{threshold:g}"
-            for threshold in experiment.loss_thresholds
-            for kind in ("steps", "time")
-        ]
-        rows: list[dict[str, Any]] = []
-        for entry in experiment.entries:
-            selected = [r for r in runs if r["label"] == entry.name and r["role"] == "selected"]
-            if not selected:
-                continue
-            rows += _rows_for(experiment, entry.name, selected, metrics, role="selected")
-            if entry.report_grid:
-                for hparams in _grid_points(entry):
-                    point = [
-                        r
-                        for r in runs
-                        if r["label"] == entry.name and r["config"]["hparams"] == hparams
-                    ]
-                    label = f"{entry.name} [{_hparam_text({k: hparams[k] for k in entry.grid})}]"
-                    rows += _rows_for(experiment, label, point, metrics, role="grid")
-        results.append(ExperimentResult(experiment, task.primary_metric, task.maximize, runs, rows))
-    return results
-
-
-def summarize(suite: Suite, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [row for result in experiment_results(suite, records) for row in result.rows]

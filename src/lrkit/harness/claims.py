@@ -1,19 +1,66 @@
-"""Reusable claim checks for suites: each returns a :class:`lrkit.harness.suites.Claim`
-whose check reads the measured summary of one experiment."""
+"""Claim checks and their evaluation: each builder returns a named
+:class:`lrkit.harness.experiments.Claim` whose check reads the measured results of one
+experiment; :func:`evaluate_claims` turns a suite's results into verdict records."""
 
 from __future__ import annotations
 
-from lrkit.harness.bench import ExperimentResult
-from lrkit.harness.suites import Claim
+from typing import Any
+
+from lrkit.harness.experiments import Claim
+from lrkit.harness.results import ExperimentResult, mean_std
+
+
+def evaluate_claims(results: list[ExperimentResult]) -> list[dict[str, Any]]:
+    """One record per claim of every experiment: name, text, held (True, False or None for
+    undecided) and the measured numbers. A check that fails on the data is undecided, with
+    the reason."""
+    records = []
+    for result in results:
+        for claim in result.experiment.claims:
+            try:
+                held, measured = claim.check(result)
+            except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+                held, measured = None, f"could not be checked: {type(exc).__name__}: {exc}"
+            records.append(
+                {
+                    "experiment": result.experiment.name,
+                    "name": claim.name,
+                    "claim": claim.text,
+                    "held": held,
+                    "measured": measured,
+                }
+            )
+    return records
+
+
+def evaluate_cost_claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For every cost row with a target: whether the method's step-time ratio to its base
+    stays within it."""
+    claims = []
+    for row in rows:
+        ratio, target = row["ratio_to_base"], row.get("max_ratio")
+        if target is None or ratio is None:
+            continue
+        claims.append(
+            {
+                "experiment": "cost",
+                "name": f"cost_{row['method']}_{row['task']}",
+                "claim": f"{row['method']} costs at most {target:g}× a {row['base']} step on "
+                f"{row['task']}" + (f" ({row['source']})." if row.get("source") else "."),
+                "held": ratio <= target,
+                "measured": f"ratio {ratio:.3f} over {row['steps']} interleaved steps",
+            }
+        )
+    return claims
 
 
 def _describe(result: ExperimentResult, label: str, metric: str) -> str:
-    from lrkit.harness.report import mean_std
-
     return f"{label} {mean_std(result.row(label, metric))}"
 
 
-def matches_or_beats(method: str, baseline: str, text: str, metric: str | None = None) -> Claim:
+def matches_or_beats(
+    name: str, method: str, baseline: str, text: str, metric: str | None = None
+) -> Claim:
     """Held when ``method``'s mean is at least as good as ``baseline``'s mean minus one
     standard deviation of the baseline (it beats it or ties within its seed noise) and
     ``method`` diverged on no more seeds than the baseline. Undecided when either has no runs
@@ -39,10 +86,10 @@ def matches_or_beats(method: str, baseline: str, text: str, metric: str | None =
             f"(difference {diff:+.4g}; {name})"
         )
 
-    return Claim(text, check)
+    return Claim(name, text, check)
 
 
-def reaches_relative_loss(method: str, threshold: float, text: str) -> Claim:
+def reaches_relative_loss(name: str, method: str, threshold: float, text: str) -> Claim:
     """Held when every seed of ``method`` drove the training loss to ``threshold`` × its
     initial value (needs the experiment's ``loss_thresholds`` to contain it)."""
 
@@ -57,7 +104,7 @@ def reaches_relative_loss(method: str, threshold: float, text: str) -> Claim:
             f"{result.primary_metric}: {final}"
         )
 
-    return Claim(text, check)
+    return Claim(name, text, check)
 
 
 def _steps_text(steps: float) -> str:
@@ -65,7 +112,7 @@ def _steps_text(steps: float) -> str:
 
 
 def fewer_steps_than_grid(
-    method: str, baselines: tuple[str, ...], threshold: float, text: str
+    name: str, method: str, baselines: tuple[str, ...], threshold: float, text: str
 ) -> Claim:
     """Held when every seed of ``method`` reached ``threshold`` × the initial loss, in
     fewer steps on average than the fastest grid point of each baseline (a grid point whose
@@ -90,4 +137,4 @@ def fewer_steps_than_grid(
             held = held and ours_steps < best
         return held, f"to {threshold:g}×initial — " + ", ".join(parts)
 
-    return Claim(text, check)
+    return Claim(name, text, check)

@@ -20,10 +20,9 @@ import statistics
 import time
 from typing import Any
 
-import torch
-
-from lrkit.harness.step import StepInputs, TrainingMethod, make_closure
+from lrkit.harness.setup import PreparedRun, prepare_run
 from lrkit.methods import get_method
+from lrkit.methods.contract import StepInputs
 from lrkit.tasks import get_task
 
 MMAP_THRESHOLD_VARIABLE = "MALLOC_MMAP_THRESHOLD_"
@@ -38,25 +37,14 @@ def with_bases(methods: list[str]) -> list[str]:
     return ordered
 
 
-def _setup(task_name: str, method: str, steps: int, seed: int, batch_size: int | None):
-    task = get_task(task_name)
-    data = task.load_data(seed)
-    generator = torch.Generator().manual_seed(seed)
-    train_batches = task.train_batches(data, generator, batch_size)
-    batches = [next(train_batches) for _ in range(steps)]
-    spec = get_method(method)
-    validation = None
-    if spec.needs_validation:
-        stream = task.validation_batches(data, torch.Generator().manual_seed(seed + 1), batch_size)
-        validation = [next(stream) for _ in range(steps)]
-    model = task.build_model(seed)
-    runner = TrainingMethod(spec, model, {}, steps, task.steps_per_epoch(data, batch_size))
-    return task, model, runner, batches, validation
-
-
-def _one_step(task, model, runner, batch, validation) -> None:
-    closure = make_closure(model, task, batch, runner.optimizer)
-    runner.step(StepInputs(closure, batch, model, task, validation))
+def _setup(
+    task_name: str, method: str, steps: int, seed: int, batch_size: int | None
+) -> tuple[PreparedRun, list[StepInputs]]:
+    """The method's run and the inputs of all its steps, drawn before any timing."""
+    run = prepare_run(
+        get_task(task_name), get_method(method), seed=seed, steps=steps, batch_size=batch_size
+    )
+    return run, [run.draw_inputs() for _ in range(steps)]
 
 
 def measure_step_times(
@@ -74,10 +62,9 @@ def measure_step_times(
     for step in range(total):
         order = methods[step % len(methods) :] + methods[: step % len(methods)]
         for method in order:
-            task, model, runner, batches, validation = setups[method]
-            val = None if validation is None else validation[step]
+            run, inputs = setups[method]
             started = time.perf_counter()
-            _one_step(task, model, runner, batches[step], val)
+            run.take_step(inputs[step])
             elapsed = (time.perf_counter() - started) * 1e3
             if step >= warmup:
                 times[method].append(elapsed)
@@ -107,7 +94,7 @@ def _reset_peak_rss() -> bool:
 
 
 def _peak_memory_child(task_name, method, steps, seed, batch_size, queue) -> None:
-    task, model, runner, batches, validation = _setup(task_name, method, steps, seed, batch_size)
+    run, inputs = _setup(task_name, method, steps, seed, batch_size)
     if _reset_peak_rss():
         before = _status_kib("VmRSS")
 
@@ -120,9 +107,7 @@ def _peak_memory_child(task_name, method, steps, seed, batch_size, queue) -> Non
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     for step in range(steps):
-        _one_step(
-            task, model, runner, batches[step], None if validation is None else validation[step]
-        )
+        run.take_step(inputs[step])
     queue.put((read_peak() - before) / 1024.0)
 
 

@@ -1,34 +1,18 @@
-"""The Markdown report and PNG plots of a bench run, rebuilt from results.json alone
-(`lrkit report DIR`): summary tables (mean ± std over seeds), the tuned hyperparameters,
-each claim with its measured numbers and whether it held, and curves."""
+"""The Markdown report and PNG plots of a bench run, rendered from its results (what
+``lrkit bench`` returns and results.json holds): summary tables (mean ± std over seeds),
+the tuned hyperparameters, each claim's verdict with its measured numbers, and curves.
+Verdicts are read from the results, never decided here."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lrkit.harness.bench import ExperimentResult, experiment_results
-from lrkit.harness.suites import Suite, get_suite
-
-
-def fmt(value: float | None, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
-    magnitude = abs(value)
-    if magnitude != 0 and (magnitude < 1e-3 or magnitude >= 1e5):
-        return f"{value:.{max(1, digits - 1)}e}"
-    return f"{value:.{digits}g}"
-
-
-def mean_std(row: dict[str, Any] | None) -> str:
-    if row is None or row["mean"] is None:
-        return "—"
-    text = f"{fmt(row['mean'])} ± {fmt(row['std'], 2)}"
-    return text if row["n"] == row["runs"] else f"{text} ({row['n']}/{row['runs']})"
+from lrkit.harness.experiments import Suite
+from lrkit.harness.results import ExperimentResult, experiment_results, fmt, mean_std
 
 
 def _table(result: ExperimentResult) -> list[str]:
@@ -54,29 +38,20 @@ def _table(result: ExperimentResult) -> list[str]:
     return lines
 
 
-def _claims(result: ExperimentResult) -> tuple[list[str], list[dict[str, Any]]]:
-    lines, records = [], []
-    for claim in result.experiment.claims:
-        try:
-            held, measured = claim.check(result)
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
-            held, measured = None, f"could not be checked: {type(exc).__name__}: {exc}"
-        verdict = {True: "**held**", False: "**did not hold**", None: "**undecided**"}[held]
-        lines.append(f"- {verdict} — {claim.text} Measured: {measured}")
-        records.append(
-            {
-                "experiment": result.experiment.name,
-                "claim": claim.text,
-                "held": held,
-                "measured": measured,
-            }
-        )
-    return lines, records
+_VERDICT_WORDS = {True: "**held**", False: "**did not hold**", None: "**undecided**"}
 
 
-def write_report(results: dict[str, Any], out: Path, suite: Suite | None = None) -> Path:
-    """Writes report.md and the PNG plots into ``out``; returns the report's path."""
-    suite = suite or _suite_for(results)
+def _claim_lines(claims: list[dict[str, Any]], experiment: str) -> list[str]:
+    return [
+        f"- {_VERDICT_WORDS[c['held']]} — {c['claim']} Measured: {c['measured']}"
+        for c in claims
+        if c["experiment"] == experiment
+    ]
+
+
+def write_report(results: dict[str, Any], out: Path, suite: Suite) -> Path:
+    """Writes report.md and the PNG plots of ``results`` (a finalized results dict) into
+    ``out``; returns the report's path."""
     env = results["environment"]
     lines = [
         f"# lrkit bench `{results['suite']}`" + (" (smoke run)" if results.get("smoke") else ""),
@@ -102,7 +77,7 @@ def write_report(results: dict[str, Any], out: Path, suite: Suite | None = None)
     ]
     if suite.scaled:
         lines += [f"- Scaled to this machine: {suite.scaled}"]
-    claims_out = []
+    claims = results.get("claims", [])
     summary_at = len(lines)
     for result in experiment_results(suite, results["runs"]):
         exp = result.experiment
@@ -117,8 +92,7 @@ def write_report(results: dict[str, Any], out: Path, suite: Suite | None = None)
         if exp.notes:
             lines += ["", exp.notes]
         lines += ["", *_table(result)]
-        claim_lines, claim_records = _claims(result)
-        claims_out += claim_records
+        claim_lines = _claim_lines(claims, exp.name)
         if claim_lines:
             lines += ["", "Claims:", "", *claim_lines]
         if exp.extra is not None:
@@ -127,14 +101,10 @@ def write_report(results: dict[str, Any], out: Path, suite: Suite | None = None)
         if plot is not None:
             lines += ["", f"![{exp.name}]({plot.name})"]
     if results.get("cost"):
-        cost_lines, cost_claims = _cost_section(results["cost"])
-        lines += cost_lines
-        claims_out += cost_claims
-    results["claims"] = claims_out
-    lines[summary_at:summary_at] = _claims_at_a_glance(claims_out)
+        lines += _cost_section(results["cost"]) + ["", *_claim_lines(claims, "cost")]
+    lines[summary_at:summary_at] = _claims_at_a_glance(claims)
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps(results, separators=(",", ":")))
     return report
 
 
@@ -154,9 +124,8 @@ def _claims_at_a_glance(claims: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _cost_section(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
-    """The step-cost table (ratios of medians measured interleaved in one process) and the
-    claim that each method stays within its target ratio to its base optimizer."""
+def _cost_section(rows: list[dict[str, Any]]) -> list[str]:
+    """The step-cost table: ratios of medians measured interleaved in one process."""
     lines = [
         "",
         "## Cost per training step",
@@ -169,40 +138,14 @@ def _cost_section(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str,
         "| task | method | base | ms/step | ratio to base | target | peak MB |",
         "|---|---|---|---|---|---|---|",
     ]
-    claims = []
     for row in rows:
-        ratio = row["ratio_to_base"]
         target = row.get("max_ratio")
         lines.append(
             f"| {row['task']} | {row['method']} | {row['base'] or '—'} | "
-            f"{row['ms_per_step']:.3f} | {fmt(ratio)} | {'≤ ' + fmt(target) if target else '—'} | "
-            f"{fmt(row['peak_memory_mb'])} |"
+            f"{row['ms_per_step']:.3f} | {fmt(row['ratio_to_base'])} | "
+            f"{'≤ ' + fmt(target) if target else '—'} | {fmt(row['peak_memory_mb'])} |"
         )
-        if target is not None and ratio is not None:
-            held = ratio <= target
-            text = (
-                f"{row['method']} costs at most {target:g}× a {row['base']} step on "
-                f"{row['task']} (L4 paper: no measurable runtime increase)."
-            )
-            claims.append(
-                {
-                    "experiment": "cost",
-                    "claim": text,
-                    "held": held,
-                    "measured": f"ratio {ratio:.3f} over {row['steps']} interleaved steps",
-                }
-            )
-    lines += [""] + [
-        f"- {'**held**' if c['held'] else '**did not hold**'} — {c['claim']} Measured: "
-        f"{c['measured']}"
-        for c in claims
-    ]
-    return lines, claims
-
-
-def _suite_for(results: dict[str, Any]) -> Suite:
-    suite = get_suite(results["suite"])
-    return suite.smoke() if results.get("smoke") else suite
+    return lines
 
 
 def _mean_curve(runs: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray] | None:

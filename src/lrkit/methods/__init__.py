@@ -2,7 +2,9 @@
 
 Importing this package fills :data:`METHODS` (see :mod:`lrkit.methods.registry`). Names of
 methods still to come are reserved (:mod:`lrkit.methods.reserved`); a real entry replaces
-its reserved one whatever the import order.
+its reserved one whatever the import order. The contract every method plugs into — what it
+declares, what it is built with, what it receives each step — is
+:mod:`lrkit.methods.contract`.
 """
 
 from lrkit.methods import (  # noqa: F401  (registration)
@@ -13,9 +15,11 @@ from lrkit.methods import (  # noqa: F401  (registration)
     peers,
     reserved,
 )
+from lrkit.methods.contract import BuildContext, Capabilities, StepInputs
 from lrkit.methods.registry import (
     METHODS,
     MethodSpec,
+    MissingExtraError,
     get_method,
     implemented_methods,
     optimizer_methods,
@@ -24,7 +28,11 @@ from lrkit.methods.registry import (
 
 __all__ = [
     "METHODS",
+    "BuildContext",
+    "Capabilities",
     "MethodSpec",
+    "MissingExtraError",
+    "StepInputs",
     "get_method",
     "implemented_methods",
     "optimizer_methods",

@@ -4,17 +4,54 @@ Each takes ``lr`` (tuned by the suites' log grids) and the harness adds an LR sc
 (``schedule`` hyperparameter, :mod:`lrkit.methods.schedules`). ``polyak`` is SGD with
 momentum whose evaluated weights are an exponential moving average of the iterates
 (``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn``; the decay gives an
-averaging window of a tenth of the budget, see ``lrkit.harness.step.ema_decay_for_budget``).
+averaging window of a tenth of the budget, :func:`ema_decay_for_budget`).
 Lookahead lives in :mod:`lrkit.methods.lookahead`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lrkit.methods.registry import MethodSpec, register_method
 
 BASELINE_SUMMARY_SUFFIX = "; lr tuned on a log grid, schedule constant/multistep/exponential/sgdr"
+
+
+def ema_decay_for_budget(total_steps: int) -> float:
+    """Polyak EMA decay with an averaging window of about a tenth of the run:
+    ``1 − 1/max(10, T/10)``. A fixed 0.999 would leave a short run's average near its
+    initialisation."""
+    return 1.0 - 1.0 / max(10, total_steps // 10)
+
+
+class EmaAverager:
+    """Polyak averaging as an exponential moving average of the iterates and buffers
+    (``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn``)."""
+
+    def __init__(self, model: nn.Module, total_steps: int) -> None:
+        self._average = AveragedModel(
+            model,
+            multi_avg_fn=get_ema_multi_avg_fn(ema_decay_for_budget(total_steps)),
+            use_buffers=True,
+        )
+        self._model = model
+
+    def update(self) -> None:
+        self._average.update_parameters(self._model)
+
+    @property
+    def averaged_model(self) -> nn.Module:
+        return self._average.module
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._average.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._average.load_state_dict(state_dict)
 
 
 def _sgd(params, lr: float) -> torch.optim.Optimizer:
@@ -89,6 +126,6 @@ register_method(
         tunable=("lr",),
         base="momentum",
         schedules=True,
-        averaging="ema",
+        make_averager=EmaAverager,
     )
 )

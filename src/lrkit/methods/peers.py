@@ -20,21 +20,64 @@ dog-optimizer 1.0.3). None takes an lrkit LR schedule.
 * ``dog`` — DoG, "Distance over Gradients" (Ivgi, Hinder & Carmon 2023, ``dog.DoG``):
   η_t = max_{i≤t} ‖x_i − x_0‖ / sqrt(Σ_{i≤t} ‖g_i‖² + ε), x_{t+1} = x_t − η_t·g_t, with the
   first distance r_ε = reps_rel·(1 + ‖x_0‖). Its authors require iterate averaging
-  (``averaging="polynomial"``); :func:`_dog` says how the averager must be used.
+  (:class:`DogAverager`); :func:`_dog` says how the averager must be used.
+
+The effective LR each one applies is reported next to it here: d·lr for Prodigy and D-Adapt
+Adam (:func:`d_adaptation_diagnostics`), DoG's η·lr (:func:`dog_diagnostics`).
 """
 
 from __future__ import annotations
 
-import torch
+from typing import Any
 
+import torch
+from torch import nn
+
+from lrkit.methods.contract import learning_rate_diagnostics
 from lrkit.methods.registry import MethodSpec, register_method
 
-_BFLOAT16_STALLS = (
-    "with bfloat16 parameters its first steps ({first}) are far below the spacing of bfloat16 "
-    "weights (2^-7 at 1, 2^-14 at 0.01) and round away; its step size grows only from the "
-    "distance already travelled, so the parameters never move. Keep float32 master weights "
-    "(autocast) with {name}."
-)
+
+def d_adaptation_diagnostics(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """``lr`` and ``effective_lr`` = d·lr: Prodigy and D-Adaptation keep their distance
+    estimate d in each param group and step with d·lr."""
+    values = learning_rate_diagnostics(optimizer)
+    group = optimizer.param_groups[0]
+    values["effective_lr"] = float(group["d"]) * float(group["lr"])
+    return values
+
+
+def dog_diagnostics(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """``lr`` and ``effective_lr`` = η·lr of DoG's first parameter (its step size
+    rbar/sqrt(G), a list ``eta`` in the group, filled at the first step)."""
+    values = learning_rate_diagnostics(optimizer)
+    group = optimizer.param_groups[0]
+    eta = group.get("eta")
+    if isinstance(eta, list) and eta:
+        values["effective_lr"] = float(eta[0]) * float(group["lr"])
+    return values
+
+
+class DogAverager:
+    """DoG's polynomial-decay iterate averaging (``dog.PolynomialDecayAverager``, γ = 8), as
+    its authors require: x̄_t = (1 − (1 + γ)/(t + γ))·x̄_{t−1} + (1 + γ)/(t + γ)·x_t."""
+
+    def __init__(self, model: nn.Module, total_steps: int) -> None:
+        from dog import PolynomialDecayAverager
+
+        self._average = PolynomialDecayAverager(model)
+
+    def update(self) -> None:
+        self._average.step()
+
+    @property
+    def averaged_model(self) -> nn.Module:
+        return self._average.averaged_model
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._average.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._average.load_state_dict(state_dict)
 
 
 def _schedulefree_adamw(
@@ -63,7 +106,7 @@ def _dadapt_adam(params, lr: float, weight_decay: float) -> torch.optim.Optimize
 
 def _dog(params, lr: float, reps_rel: float, weight_decay: float) -> torch.optim.Optimizer:
     """``dog.DoG`` with the package defaults. Its iterate averaging (dog-optimizer README,
-    "Usage"; the harness builds it because ``averaging="polynomial"``) is used like this:
+    "Usage"; the harness builds it through :class:`DogAverager`) is used like this:
 
     1. Build it on the *unwrapped* model (not a DistributedDataParallel wrapper), on the
        model's device, before training: ``averager = dog.PolynomialDecayAverager(model,
@@ -106,11 +149,7 @@ register_method(
         defaults={"lr": 1.0, "weight_decay": 0.0, "d_coef": 1.0},
         base="adam",
         requires="prodigyopt",
-        conformance_skips={
-            "bfloat16": _BFLOAT16_STALLS.format(
-                first="about d0·lr·3 = 3e-6 per coordinate, d0 = 1e-6", name="Prodigy"
-            )
-        },
+        diagnostics=d_adaptation_diagnostics,
         paper="Mishchenko, Defazio. Prodigy: An Expeditiously Adaptive Parameter-Free Learner. "
         "ICML 2024",
     )
@@ -124,6 +163,7 @@ register_method(
         defaults={"lr": 1.0, "weight_decay": 0.0},
         base="adam",
         requires="dadaptation",
+        diagnostics=d_adaptation_diagnostics,
         paper="Defazio, Mishchenko. Learning-Rate-Free Learning by D-Adaptation. ICML 2023",
     )
 )
@@ -136,12 +176,8 @@ register_method(
         defaults={"lr": 1.0, "reps_rel": 1e-6, "weight_decay": 0.0},
         base="sgd",
         requires="dog",
-        averaging="polynomial",
-        conformance_skips={
-            "bfloat16": _BFLOAT16_STALLS.format(
-                first="a total move of r_eps = reps_rel·(1 + |x0|), reps_rel = 1e-6", name="DoG"
-            )
-        },
+        make_averager=DogAverager,
+        diagnostics=dog_diagnostics,
         paper="Ivgi, Hinder, Carmon. DoG is SGD's Best Friend: A Parameter-Free Dynamic Step "
         "Size Schedule. ICML 2023",
     )

@@ -1,7 +1,8 @@
-"""The method registry: name -> how to build the method, its defaults and what it needs.
+"""The method registry: name → how to build the method, its defaults and what it needs.
 
-Adding a method is one :func:`register_method` call beside its implementation. The harness,
-the CLI (``lrkit list``), the cost benchmark and the conformance tests all read this table.
+Adding a method is one :func:`register_method` call beside its implementation and one import
+in :mod:`lrkit.methods`. The harness, the CLI (``lrkit list``), the cost benchmark, the
+conformance suite and the DDP suite all read this table; none of them knows a method by name.
 """
 
 from __future__ import annotations
@@ -13,48 +14,68 @@ from typing import Any, Literal
 
 import torch
 
+from lrkit.methods.contract import (
+    AveragerFactory,
+    BuildContext,
+    Capabilities,
+    Diagnostics,
+    Solver,
+    learning_rate_diagnostics,
+)
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-StepFunction = Callable[[torch.optim.Optimizer, Any], torch.Tensor]
+MethodKind = Literal["baseline", "peer", "lrkit", "solver", "example", "reserved"]
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     """One registered method.
 
-    ``make_optimizer(params, **hparams)`` builds a real ``torch.optim.Optimizer`` (param
-    groups, closure, state_dict); ``defaults`` are the documented defaults; ``tunable`` names
-    the hyperparameters a suite's grid may tune (baselines: ``lr``); ``base`` is the
-    registry name of the optimizer whose step time the cost benchmark divides by.
-    ``needs_validation``/``needs_per_example``: what :class:`lrkit.harness.step.StepInputs`
-    must carry for this method; the harness hands validation data only to methods that set it.
-    ``requires`` is the importable package an optional method needs (a peer's PyPI package).
-    ``schedules``: whether the LR schedules of :mod:`lrkit.methods.schedules` apply.
-    ``averaging``: ``"ema"`` or ``"polynomial"`` means the evaluated weights are an average.
-    ``train_eval_switch``: the optimizer has ``train()``/``eval()`` (Schedule-Free).
-    ``conformance_skips``: check name -> documented reason that check cannot apply.
-    ``step_fn(optimizer, step_inputs)``: how the harness takes one step when the method
-    needs more than the training closure (default: ``optimizer.step(step_inputs.closure)``).
-    ``solver(run_config) -> run record``: a whole-run solver that is no torch optimizer
-    (kind ``"solver"``, e.g. scipy's Levenberg–Marquardt); the harness calls it instead of
-    its training loop.
+    Args:
+        name: the registry name (``lrkit list``, suites, ``--method``).
+        summary: one line for listings.
+        kind: "baseline", "peer" (learning-rate-free optimizers from PyPI), "lrkit",
+            "solver" (a whole-run solver that is no torch optimizer), "example" (a method
+            that demonstrates the contract in tests and docs) or "reserved".
+        make_optimizer: ``make_optimizer(params, **hparams)`` → a ``torch.optim.Optimizer``;
+            it also gets ``context=`` when ``capabilities.build_context``.
+        defaults: the documented default hyperparameters.
+        tunable: the hyperparameters a suite's grid may tune (baselines: ``lr``).
+        base: the registry name of the optimizer whose step time the cost benchmark divides
+            by.
+        capabilities: what the method needs beyond the training closure.
+        requires: the importable package an optional method needs.
+        extra: the ``pip install 'lrkit[extra]'`` that provides ``requires``.
+        schedules: whether the LR schedules of :mod:`lrkit.methods.schedules` apply.
+        make_averager: ``make_averager(model, total_steps)`` → the weight averager whose
+            model is evaluated (Polyak EMA, DoG's polynomial averaging).
+        train_eval_switch: the optimizer has ``train()``/``eval()`` (Schedule-Free): steps in
+            train mode, evaluation in eval mode.
+        diagnostics: ``diagnostics(optimizer)`` → what to log every logged step (default:
+            the group-0 ``lr`` and the optimizer's own ``diagnostics()``).
+        solver: for kind "solver", the whole-run solver.
+        paper: where the method comes from.
     """
 
     name: str
     summary: str
-    kind: Literal["baseline", "peer", "lrkit", "solver", "reserved"]
+    kind: MethodKind
     make_optimizer: OptimizerFactory | None
     defaults: dict[str, Any] = field(default_factory=dict)
     tunable: tuple[str, ...] = ()
     base: str | None = None
-    needs_validation: bool = False
-    needs_per_example: bool = False
+    capabilities: Capabilities = Capabilities()
     requires: str | None = None
+    extra: str = "peers"
     schedules: bool = False
-    averaging: Literal["none", "ema", "polynomial"] = "none"
+    make_averager: AveragerFactory | None = None
     train_eval_switch: bool = False
-    conformance_skips: dict[str, str] = field(default_factory=dict)
-    step_fn: StepFunction | None = None
-    solver: Callable[[Any], dict[str, Any]] | None = None
+    diagnostics: Diagnostics = learning_rate_diagnostics
+    solver: Solver | None = None
     paper: str = ""
 
     @property
@@ -63,17 +84,36 @@ class MethodSpec:
             return False
         return self.requires is None or importlib.util.find_spec(self.requires) is not None
 
-    def build_optimizer(
-        self, params: Iterable[torch.Tensor] | Iterable[dict], **hparams: Any
-    ) -> torch.optim.Optimizer:
-        if self.make_optimizer is None:
+    def check_available(self) -> None:
+        """Raises NotImplementedError for a reserved name and :class:`MissingExtraError`
+        (naming the extra to install) when the optional package is missing."""
+        if self.make_optimizer is None and self.solver is None:
             raise NotImplementedError(f"method {self.name!r} is reserved and not implemented yet")
         if not self.available:
-            raise ImportError(
+            raise MissingExtraError(
                 f"method {self.name!r} needs the package {self.requires!r}: "
-                f"pip install 'lrkit[peers]'"
+                f"pip install 'lrkit[{self.extra}]'"
             )
+
+    def build_optimizer(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        context: BuildContext | None = None,
+        **hparams: Any,
+    ) -> torch.optim.Optimizer:
+        """The optimizer with the defaults overridden by ``hparams``; ``context`` is required
+        by (and only passed to) methods that declare ``build_context``."""
+        self.check_available()
+        if self.make_optimizer is None:
+            raise TypeError(f"method {self.name!r} is a whole-run solver, not an optimizer")
         merged = {**self.defaults, **hparams}
+        if self.capabilities.build_context:
+            if context is None:
+                raise ValueError(
+                    f"method {self.name!r} needs a BuildContext (it declares build_context): "
+                    "pass context=lrkit.methods.BuildContext(model=..., num_train=..., ...)"
+                )
+            return self.make_optimizer(params, context=context, **merged)
         return self.make_optimizer(params, **merged)
 
 

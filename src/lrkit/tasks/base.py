@@ -76,9 +76,12 @@ class Task:
         ``data_seed_from_run``); synthetic problems draw a new problem per seed."""
         return self.data_factory(seed if self.data_seed_from_run else 0)
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        per_example = self.per_example_loss(outputs, targets)
+    def reduce(self, per_example: torch.Tensor) -> torch.Tensor:
+        """The training loss from per-example losses (their mean or sum)."""
         return per_example.sum() if self.reduction == "sum" else per_example.mean()
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.reduce(self.per_example_loss(outputs, targets))
 
     def steps_per_epoch(self, data: TaskData, batch_size: int | None = None) -> int:
         size = self.batch_size if batch_size is None else batch_size

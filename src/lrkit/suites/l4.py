@@ -1,115 +1,13 @@
-"""The suites `lrkit bench` knows. Each is one registered factory."""
+"""The L4 paper's experiments (Rolinek & Martius 2018: Tables 1–4, Figs. 3, 6, 9), scaled to
+2 CPU cores."""
 
 from __future__ import annotations
 
-from lrkit.harness.claims import fewer_steps_than_grid, matches_or_beats, reaches_relative_loss
-from lrkit.harness.suites import CostCheck, Entry, Experiment, Suite, register_suite
-from lrkit.methods import implemented_methods
+from lrkit.harness.claims import fewer_steps_than_grid, reaches_relative_loss
+from lrkit.harness.experiments import Contender, CostCheck, Experiment, Suite
+from lrkit.suites.common import PEERS_AT_DEFAULTS, l4adam_claim, l4mom_claim
 
-LR_GRID_SGD = (1e-3, 1e-2, 1e-1, 1.0)
-LR_GRID_ADAM = (1e-4, 1e-3, 1e-2, 1e-1)
-PEERS = ("schedulefree_adamw", "prodigy", "dadapt_adam", "dog")
-
-
-def tuned_baselines(sgd_grid=LR_GRID_SGD, adam_grid=LR_GRID_ADAM) -> tuple[Entry, ...]:
-    return (
-        Entry("sgd", grid={"lr": sgd_grid}),
-        Entry("momentum", grid={"lr": sgd_grid}),
-        Entry("adam", grid={"lr": adam_grid}),
-        Entry("adamw", grid={"lr": adam_grid}),
-        Entry("polyak", grid={"lr": sgd_grid}),
-        Entry("lookahead", grid={"lr": sgd_grid}),
-    )
-
-
-def peers(adam_grid=LR_GRID_ADAM) -> tuple[Entry, ...]:
-    """The learning-rate-free peers at their defaults; Schedule-Free AdamW still has an LR
-    (its authors suggest 1–10× AdamW's), so it is tuned on the Adam grid."""
-    return tuple(
-        Entry(name, grid={"lr": adam_grid}) if name == "schedulefree_adamw" else Entry(name)
-        for name in PEERS
-    )
-
-
-def lrkit_methods() -> tuple[Entry, ...]:
-    """lrkit's own methods at their defaults (whichever are implemented so far)."""
-    return tuple(Entry(spec.name) for spec in implemented_methods("lrkit"))
-
-
-def _l4_base_claims(source: str = "Table 1") -> tuple:
-    """L4's central claim, checked against the tuned base optimizers; ``source`` names where
-    in the paper this experiment's version of it stands."""
-    return (
-        matches_or_beats(
-            "l4adam",
-            "adam",
-            "L4Adam at its defaults is at least as good as Adam at its best constant LR "
-            f"(L4 paper, {source}).",
-        ),
-        matches_or_beats(
-            "l4mom",
-            "momentum",
-            "L4Mom at its defaults is at least as good as momentum SGD at its best constant "
-            f"LR (L4 paper, {source}).",
-        ),
-    )
-
-
-@register_suite("quick", "offline, a few minutes: digits MLP, Recht regression, Beale")
-def quick() -> Suite:
-    return Suite(
-        name="quick",
-        description=(
-            "The quick suite: every baseline tuned on a log LR grid, the learning-rate-free "
-            "peers at their defaults and lrkit's methods at their defaults, on three small "
-            "offline problems."
-        ),
-        seeds=3,
-        scaled="small problems and short budgets chosen to finish in under 3 minutes on 2 "
-        "CPU cores; not a paper-scale experiment.",
-        experiments=(
-            Experiment(
-                name="digits_mlp",
-                title="scikit-learn digits, MLP",
-                task="digits_mlp",
-                entries=tuned_baselines() + peers() + lrkit_methods(),
-                claims=_l4_base_claims("Sec. 3, Table 1"),
-            ),
-            Experiment(
-                name="recht_regression",
-                title="Ill-conditioned regression (Recht's 2-layer linear net, linspace A)",
-                task="recht_regression",
-                task_options={"variant": "linspace"},
-                steps=1000,
-                entries=(
-                    Entry("sgd", grid={"lr": (1e-6, 1e-5, 1e-4, 1e-3)}),
-                    Entry("adam", grid={"lr": (1e-5, 1e-4, 1e-3, 1e-2)}),
-                )
-                + peers()
-                + lrkit_methods(),
-                loss_thresholds=(1e-2, 1e-6),
-                claims=_l4_base_claims("Sec. 3, Table 1")[:1],
-            ),
-            Experiment(
-                name="beale",
-                title="Beale function, 500 steps of first-order methods",
-                task="beale",
-                seeds=1,
-                notes="Deterministic (fixed start, no data): one seed per configuration.",
-                entries=(
-                    Entry("sgd", grid={"lr": (1e-4, 1e-3, 1e-2, 1e-1)}),
-                    Entry("momentum", grid={"lr": (1e-4, 1e-3, 1e-2, 1e-1)}),
-                    Entry("adam", grid={"lr": (1e-3, 1e-2, 1e-1, 1.0)}),
-                )
-                + peers()
-                + lrkit_methods(),
-            ),
-        ),
-    )
-
-
-L4_METHODS = (Entry("l4adam"), Entry("l4mom"))
-PEERS_AT_DEFAULTS = tuple(Entry(name) for name in PEERS)
+L4_METHODS = (Contender("l4adam"), Contender("l4mom"))
 RECHT_GD_GRID = (1e-6, 1e-5, 1e-4, 1e-3)
 RECHT_ADAM_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
 MLP_EPOCH = 59000 // 64
@@ -128,11 +26,11 @@ def _recht_experiment(variant: str, condition: str) -> Experiment:
         steps=3000,
         log_every=1,
         seeds=5,
-        entries=(
-            Entry("sgd", grid={"lr": RECHT_GD_GRID}, report_grid=True, label="gd"),
-            Entry("adam", grid={"lr": RECHT_ADAM_GRID}, report_grid=True),
+        contenders=(
+            Contender("sgd", grid={"lr": RECHT_GD_GRID}, report_grid=True, label="gd"),
+            Contender("adam", grid={"lr": RECHT_ADAM_GRID}, report_grid=True),
             *L4_METHODS,
-            Entry("levenberg_marquardt"),
+            Contender("levenberg_marquardt"),
             *PEERS_AT_DEFAULTS,
         ),
         loss_thresholds=(1e-2, 1e-6, 1e-10),
@@ -145,18 +43,21 @@ def _recht_experiment(variant: str, condition: str) -> Experiment:
         ),
         claims=(
             reaches_relative_loss(
+                "l4adam_machine_precision",
                 "l4adam",
                 1e-10,
                 "L4Adam drives the loss to near machine precision (≤ 1e-10 × initial) "
                 "(L4 paper, Sec. 3.1).",
             ),
             reaches_relative_loss(
+                "l4mom_machine_precision",
                 "l4mom",
                 1e-10,
                 "L4Mom drives the loss to near machine precision (≤ 1e-10 × initial) "
                 "(L4 paper, Sec. 3.1).",
             ),
             fewer_steps_than_grid(
+                "l4adam_fewer_steps",
                 "l4adam",
                 ("gd", "adam"),
                 1e-6,
@@ -195,23 +96,22 @@ def _accuracy_at_epochs(result) -> str:
     return "\n".join(lines)
 
 
-@register_suite("l4", "the L4 paper's experiments (Table 1–4, Fig. 3, 6, 9), scaled to 2 CPUs")
-def l4() -> Suite:
-    mlp_entries = (
-        Entry("adam", grid={"lr": (1e-4, 3e-4, 1e-3, 3e-3)}),
-        Entry("momentum", grid={"lr": (0.003, 0.01, 0.03, 0.1, 0.3)}),
+def build(scale: str = "cpu") -> Suite:
+    mlp_contenders = (
+        Contender("adam", grid={"lr": (1e-4, 3e-4, 1e-3, 3e-3)}),
+        Contender("momentum", grid={"lr": (0.003, 0.01, 0.03, 0.1, 0.3)}),
         *L4_METHODS,
         *PEERS_AT_DEFAULTS,
     )
-    conv_entries = (
-        Entry("adam", grid={"lr": (1e-4, 3e-4, 1e-3, 3e-3)}),
-        Entry("momentum", grid={"lr": (3e-3, 1e-2, 3e-2, 0.1)}),
+    conv_contenders = (
+        Contender("adam", grid={"lr": (1e-4, 3e-4, 1e-3, 3e-3)}),
+        Contender("momentum", grid={"lr": (3e-3, 1e-2, 3e-2, 0.1)}),
         *L4_METHODS,
         *PEERS_AT_DEFAULTS,
     )
-    recurrent_entries = (
-        Entry("adam", grid={"lr": (1e-3, 3e-3, 1e-2, 3e-2)}, grad_clip=RECURRENT_CLIP),
-        Entry("momentum", grid={"lr": (0.03, 0.1, 0.3, 1.0)}, grad_clip=RECURRENT_CLIP),
+    recurrent_contenders = (
+        Contender("adam", grid={"lr": (1e-3, 3e-3, 1e-2, 3e-2)}, grad_clip=RECURRENT_CLIP),
+        Contender("momentum", grid={"lr": (0.03, 0.1, 0.3, 1.0)}, grad_clip=RECURRENT_CLIP),
         *L4_METHODS,
         *PEERS_AT_DEFAULTS,
     )
@@ -227,8 +127,8 @@ def l4() -> Suite:
                 steps=59000 // batch_size,
                 eval_every=59000 // batch_size,
                 seeds=2,
-                entries=(Entry("adam", grid={"lr": (1e-4, 3e-4, 1e-3, 3e-3)}), *L4_METHODS),
-                claims=_l4_base_claims("Fig. 9: across batch sizes")[:1],
+                contenders=(Contender("adam", grid={"lr": (1e-4, 3e-4, 1e-3, 3e-3)}), *L4_METHODS),
+                claims=(l4adam_claim("Fig. 9: across batch sizes"),),
             )
         )
         sweep.append(
@@ -241,11 +141,13 @@ def l4() -> Suite:
                 steps=1500,
                 eval_every=500,
                 seeds=2,
-                entries=(
-                    Entry("adam", grid={"lr": (1e-3, 3e-3, 1e-2, 3e-2)}, grad_clip=RECURRENT_CLIP),
+                contenders=(
+                    Contender(
+                        "adam", grid={"lr": (1e-3, 3e-3, 1e-2, 3e-2)}, grad_clip=RECURRENT_CLIP
+                    ),
                     *L4_METHODS,
                 ),
-                claims=_l4_base_claims("Fig. 9: across batch sizes")[:1],
+                claims=(l4adam_claim("Fig. 9: across batch sizes"),),
             )
         )
     return Suite(
@@ -265,7 +167,7 @@ def l4() -> Suite:
             "repeat-copy task → a repeat-copy LSTM (4 bits, 3000 steps); CIFAR-10 ResNet-32 "
             "is not run; batch-size sweeps train 1 epoch (MLP) or 1500 steps (LSTM), 2 seeds."
         ),
-        experiments=(
+        plan=(
             _recht_experiment("linspace", "the notebook's A, condition number ≈ 20"),
             _recht_experiment("logspace", "the intended A, condition number ≈ 1e3–1e4"),
             Experiment(
@@ -274,8 +176,8 @@ def l4() -> Suite:
                 task="fmnist_mlp2",
                 steps=MLP_EPOCHS * MLP_EPOCH,
                 eval_every=MLP_EPOCH,
-                entries=mlp_entries,
-                claims=_l4_base_claims(),
+                contenders=mlp_contenders,
+                claims=(l4adam_claim("Table 1"), l4mom_claim("Table 1")),
                 extra=_accuracy_at_epochs,
             ),
             Experiment(
@@ -285,8 +187,8 @@ def l4() -> Suite:
                 steps=300,
                 eval_every=100,
                 seeds=2,
-                entries=conv_entries,
-                claims=_l4_base_claims(),
+                contenders=conv_contenders,
+                claims=(l4adam_claim("Table 1"), l4mom_claim("Table 1")),
             ),
             Experiment(
                 name="convnet_dropout06",
@@ -296,12 +198,12 @@ def l4() -> Suite:
                 steps=300,
                 eval_every=100,
                 seeds=2,
-                entries=(Entry("adam", grid={"lr": (1e-4, 3e-4, 1e-3, 3e-3)}), *L4_METHODS),
+                contenders=(Contender("adam", grid={"lr": (1e-4, 3e-4, 1e-3, 3e-3)}), *L4_METHODS),
                 notes=(
                     "The raised dropout rate of Table 4 is not legible in our copy of the "
                     "paper; 0.6 is an unverified recollection, kept as a parameter."
                 ),
-                claims=_l4_base_claims("Table 4: higher dropout")[:1],
+                claims=(l4adam_claim("Table 4: higher dropout"),),
             ),
             Experiment(
                 name="recurrent",
@@ -310,8 +212,11 @@ def l4() -> Suite:
                 task="repeat_copy",
                 steps=3000,
                 eval_every=500,
-                entries=recurrent_entries,
-                claims=_l4_base_claims("Sec. 3.4, Fig. 6: recurrent, no clipping"),
+                contenders=recurrent_contenders,
+                claims=(
+                    l4adam_claim("Sec. 3.4, Fig. 6: recurrent, no clipping"),
+                    l4mom_claim("Sec. 3.4, Fig. 6: recurrent, no clipping"),
+                ),
             ),
             *sweep,
         ),

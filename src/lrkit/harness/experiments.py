@@ -1,0 +1,223 @@
+"""What a benchmark suite is made of: experiments of contenders, claims, stages, cost checks.
+
+A :class:`Suite` is an ordered plan of :class:`Experiment` s and :class:`Stage` s. An
+experiment trains every :class:`Contender` on one task; a contender with a ``grid`` is tuned
+(see :mod:`lrkit.harness.bench`). A stage turns earlier runs and artifacts into an artifact —
+a meta-learned schedule, an averaged LR trajectory, a k-fold split — that later contenders
+consume through :class:`ArtifactRef` hyperparameters. :class:`Claim` s are named checks of a
+paper's statement on one experiment's measured results. The suites themselves live in
+:mod:`lrkit.suites`, one module per paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+SMOKE_STEPS = 12
+SMOKE_EVAL_ROWS = 256
+SCALES = ("cpu", "paper")
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """A hyperparameter value taken from a stage's artifact: ``artifact[key]`` (the whole
+    artifact when ``key`` is None), resolved before the run is built."""
+
+    artifact: str
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One method configuration in an experiment.
+
+    Args:
+        method: the registry name.
+        hparams: fixed hyperparameters (``schedule``/``schedule_options`` go to the harness).
+        grid: hyperparameter → values to tune over.
+        label: the name in tables and plots (default: method, plus its schedule).
+        report_grid: run every grid point with every seed and report each as its own row.
+        grad_clip: clip the global gradient norm at this value (baselines of L4's recurrent
+            task).
+    """
+
+    method: str
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+    grid: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    label: str | None = None
+    report_grid: bool = False
+    grad_clip: float | None = None
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        schedule = self.hparams.get("schedule", "constant")
+        return self.method if schedule == "constant" else f"{self.method}+{schedule}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paper's statement and how to check it on one experiment's measured results.
+
+    Args:
+        name: a stable identifier (results.json, tests).
+        text: the statement, with where in the paper it stands.
+        check: ``check(result)`` with the :class:`lrkit.harness.results.ExperimentResult`
+            → (held: True/False, or None when the numbers cannot decide; measured text).
+    """
+
+    name: str
+    text: str
+    check: Callable[[Any], tuple[bool | None, str]]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One task and the contenders trained on it.
+
+    Args:
+        name: identifier (file names, ``--tasks`` filter).
+        title: the report's heading.
+        task: registry name; ``task_options`` its options.
+        contenders: what is trained.
+        steps, batch_size, eval_every, log_every: override the task's defaults.
+        seeds: seeds per configuration (default: the suite's).
+        metrics: metrics reported besides the task's primary metric.
+        loss_thresholds: relative training-loss levels whose crossing is recorded.
+        claims: the paper's statements checked on this experiment.
+        eval_subset: evaluate on the first rows of the test set only (smoke runs).
+        notes: text for the report.
+        extra: ``extra(result)`` → Markdown for a table only this experiment has.
+    """
+
+    name: str
+    title: str
+    task: str
+    contenders: tuple[Contender, ...]
+    task_options: Mapping[str, Any] = field(default_factory=dict)
+    steps: int | None = None
+    batch_size: int | None = None
+    eval_every: int | None = None
+    log_every: int | None = None
+    seeds: int | None = None
+    metrics: tuple[str, ...] = ()
+    loss_thresholds: tuple[float, ...] = ()
+    claims: tuple[Claim, ...] = ()
+    eval_subset: int | None = None
+    notes: str = ""
+    extra: Callable[[Any], str] | None = None
+
+    def smoke(self) -> Experiment:
+        """A few steps of every contender, one seed, grids cut to their first two points,
+        evaluation on the first rows of the test set."""
+        return replace(
+            self,
+            steps=SMOKE_STEPS,
+            eval_every=SMOKE_STEPS,
+            log_every=1,
+            seeds=1,
+            eval_subset=SMOKE_EVAL_ROWS,
+            contenders=tuple(
+                replace(contender, grid={k: v[:2] for k, v in contender.grid.items()})
+                for contender in self.contenders
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What a stage reads: the finished runs of the experiments it names (by experiment) and
+    the artifacts of the stages it names (by stage)."""
+
+    runs: Mapping[str, list[dict[str, Any]]]
+    artifacts: Mapping[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A step of a suite that makes an artifact from earlier runs and artifacts.
+
+    Args:
+        name: the artifact's name (``DIR/artifacts/<name>.json``, :class:`ArtifactRef`).
+        build: ``build(inputs)`` → a JSON-ready dict.
+        experiments: the experiments whose runs it reads (they run before it).
+        artifacts: the stages whose artifacts it reads.
+        title: what it makes, for the report.
+    """
+
+    name: str
+    build: Callable[[StageInputs], dict[str, Any]]
+    experiments: tuple[str, ...] = ()
+    artifacts: tuple[str, ...] = ()
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class CostCheck:
+    """A `lrkit cost` measurement the suite makes (methods interleaved with their bases on
+    one task) and the largest step-time ratio to the base each method may have; ``source``
+    says where the target comes from."""
+
+    task: str
+    methods: tuple[str, ...]
+    max_ratio: float
+    steps: int = 100
+    memory: bool = True
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A benchmark suite.
+
+    Args:
+        name: the registry name.
+        description: the report's introduction.
+        plan: experiments and stages, in the order they run.
+        seeds: seeds per configuration.
+        scaled: how this scale differs from the paper's experiments.
+        costs: cost checks made after the runs.
+        scale: "cpu" (runs on this kind of machine) or "paper" (the paper's models, data and
+            epochs).
+    """
+
+    name: str
+    description: str
+    plan: tuple[Experiment | Stage, ...]
+    seeds: int = 3
+    scaled: str = ""
+    costs: tuple[CostCheck, ...] = ()
+    scale: str = "cpu"
+
+    def __post_init__(self) -> None:
+        names = [item.name for item in self.plan]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"suite {self.name!r} names {duplicated} more than once")
+        seen: set[str] = set()
+        for item in self.plan:
+            if isinstance(item, Stage):
+                missing = [n for n in (*item.experiments, *item.artifacts) if n not in seen]
+                if missing:
+                    raise ValueError(
+                        f"stage {item.name!r} of suite {self.name!r} reads {missing}, which do "
+                        "not come before it in the plan"
+                    )
+            seen.add(item.name)
+
+    @property
+    def experiments(self) -> tuple[Experiment, ...]:
+        return tuple(item for item in self.plan if isinstance(item, Experiment))
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        return tuple(item for item in self.plan if isinstance(item, Stage))
+
+    def smoke(self) -> Suite:
+        """The CI version: every experiment, stage and contender for a few steps."""
+        plan = tuple(item.smoke() if isinstance(item, Experiment) else item for item in self.plan)
+        costs = tuple(replace(cost, steps=3, memory=False) for cost in self.costs)
+        return replace(self, plan=plan, seeds=1, costs=costs)

@@ -1,0 +1,172 @@
+"""The configurations the shared suites test, like torch's ``OptimizerInfo`` table: every
+registered optimizer method, plus variants the registry does not list separately (foreach on
+and off, the L4 wrapper and Lookahead over several bases, baselines with LR schedules), and
+the checks that cannot apply to a configuration, each with its reason.
+
+Adding a method to the registry adds it here automatically; a variant or a documented skip is
+one entry below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import lrkit.methods
+import toy_methods  # noqa: F401  (registers the example methods)
+from lrkit.methods import MethodSpec, get_method
+from lrkit.methods.l4 import L4
+from lrkit.methods.lookahead import Lookahead
+
+# Hyperparameters for the conformance problems where a method's documented default does not
+# fit them. Adam-type steps move each coordinate by about lr per step and quadratic_deep
+# starts at distance 1 per coordinate (θ₀ = 1): with lr 1e-3 (2.5e-3 for Schedule-Free) the
+# 200-step budget cannot reach the minimum, and in bfloat16 (spacing 2⁻⁷ at 1) such steps
+# round away entirely.
+CONFORMANCE_HPARAMS: dict[str, dict[str, Any]] = {
+    "adam": {"lr": 1e-2},
+    "adamw": {"lr": 1e-2},
+    "schedulefree_adamw": {"lr": 1e-2},
+}
+# What the second param group changes. Default: half the lr. Prodigy and D-Adaptation
+# allow only one lr across groups (others must be 0), so their second group has weight decay.
+SECOND_GROUP: dict[str, dict[str, Any]] = {
+    "prodigy": {"weight_decay": 1e-2},
+    "dadapt_adam": {"weight_decay": 1e-2},
+}
+_BFLOAT16_STALLS = (
+    "with bfloat16 parameters its first steps ({first}) are far below the spacing of bfloat16 "
+    "weights (2^-7 at 1, 2^-14 at 0.01) and round away; its step size grows only from the "
+    "distance already travelled, so the parameters never move. Keep float32 master weights "
+    "(autocast) with {name}."
+)
+SKIPS: dict[str, dict[str, str]] = {
+    "prodigy": {
+        "bfloat16": _BFLOAT16_STALLS.format(
+            first="about d0·lr·3 = 3e-6 per coordinate, d0 = 1e-6", name="Prodigy"
+        )
+    },
+    "dog": {
+        "bfloat16": _BFLOAT16_STALLS.format(
+            first="a total move of r_eps = reps_rel·(1 + |x0|), reps_rel = 1e-6", name="DoG"
+        )
+    },
+}
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """One configuration the shared suites run: a registry entry (or a variant of one), the
+    hyperparameters for the test problems, what its second param group changes, and the
+    checks it skips with their reasons."""
+
+    id: str
+    spec: MethodSpec
+    hparams: dict[str, Any] = field(default_factory=dict)
+    second_group: dict[str, Any] | None = None
+    skips: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def guarded(self) -> bool:
+        """lrkit's own methods (and the examples) refuse a NaN/inf loss, changing nothing."""
+        return self.spec.kind in ("lrkit", "example")
+
+
+def _variant(name: str, base: str, factory, defaults: dict[str, Any]) -> MethodSpec:
+    return dataclasses.replace(
+        get_method(base), name=name, make_optimizer=factory, defaults=defaults
+    )
+
+
+def _l4_over(base_factory):
+    def factory(params, **hparams) -> L4:
+        return L4(base_factory(params), **hparams)
+
+    return factory
+
+
+def _lookahead_over(base_factory):
+    def factory(params, **hparams) -> Lookahead:
+        return Lookahead(base_factory(params), **hparams)
+
+    return factory
+
+
+def _variants() -> list[MethodConfig]:
+    l4_defaults = {k: v for k, v in get_method("l4adam").defaults.items() if k in _L4_GLOBAL}
+    return [
+        MethodConfig("l4adam[foreach=False]", get_method("l4adam"), {"foreach": False}),
+        MethodConfig("l4mom[foreach=False]", get_method("l4mom"), {"foreach": False}),
+        MethodConfig(
+            "L4(SGD)",
+            _variant(
+                "l4_sgd", "l4adam", _l4_over(lambda p: torch.optim.SGD(p, lr=1.0)), l4_defaults
+            ),
+            second_group={"weight_decay": 1e-2},
+        ),
+        MethodConfig(
+            "L4(Adam)",
+            _variant(
+                "l4_adam", "l4adam", _l4_over(lambda p: torch.optim.Adam(p, eps=1e-4)), l4_defaults
+            ),
+            second_group={"weight_decay": 1e-2},
+        ),
+        MethodConfig(
+            "L4(AdamW)",
+            _variant(
+                "l4_adamw",
+                "l4adam",
+                _l4_over(lambda p: torch.optim.AdamW(p, eps=1e-4)),
+                l4_defaults,
+            ),
+            second_group={"weight_decay": 0.0},
+        ),
+        MethodConfig(
+            "Lookahead(Adam)",
+            _variant(
+                "lookahead_adam",
+                "lookahead",
+                _lookahead_over(lambda p: torch.optim.Adam(p, lr=1e-2)),
+                {"k": 5, "alpha": 0.5},
+            ),
+            second_group={"weight_decay": 1e-2},
+        ),
+        MethodConfig(
+            "Lookahead(AdamW)",
+            _variant(
+                "lookahead_adamw",
+                "lookahead",
+                _lookahead_over(lambda p: torch.optim.AdamW(p, lr=1e-2)),
+                {"k": 5, "alpha": 0.5},
+            ),
+            second_group={"weight_decay": 0.0},
+        ),
+        MethodConfig(
+            "momentum+multistep",
+            get_method("momentum"),
+            {"schedule": "multistep"},
+        ),
+        MethodConfig("adam+sgdr", get_method("adam"), {"lr": 1e-2, "schedule": "sgdr"}),
+    ]
+
+
+_L4_GLOBAL = ("alpha", "gamma", "gamma0", "tau", "epsilon")
+
+
+def method_configs() -> list[MethodConfig]:
+    """Every registered optimizer method at its conformance hyperparameters, then the
+    variants."""
+    configs = [
+        MethodConfig(
+            spec.name,
+            spec,
+            CONFORMANCE_HPARAMS.get(spec.name, {}),
+            SECOND_GROUP.get(spec.name),
+            SKIPS.get(spec.name, {}),
+        )
+        for spec in lrkit.methods.optimizer_methods()
+    ]
+    return configs + _variants()
