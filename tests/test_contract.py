@@ -223,3 +223,35 @@ def test_modules_stay_small_or_say_why() -> None:
                 f"{path.relative_to(REPO)} has {len(lines)} lines; split it or say in its "
                 "first lines why it is long ('This module is long because ...')"
             )
+
+
+def test_graph_and_validation_closures_evaluate_at_given_parameters_without_touching_buffers():
+    from lrkit.data.batches import Batch
+    from lrkit.harness.closures import graph_closure, validation_closure
+    from lrkit.tasks import get_task
+
+    task = get_task("digits_mlp")
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 10)
+    )
+    data = task.load_data(0)
+    batch = Batch(data.train_inputs[:16], data.train_targets[:16], torch.arange(16))
+    running = model[2].running_mean.clone()
+    shifted = {name: p.detach() + 0.5 for name, p in model.named_parameters()}
+    train_closure = graph_closure(model, model, task, batch, per_example=True)
+    losses = train_closure()
+    assert losses.shape == (16,) and losses.requires_grad
+    assert not torch.equal(model[2].running_mean, running), "the plain forward trains BN"
+    at_shift = train_closure(shifted)
+    assert not torch.allclose(at_shift, losses)
+    validation = validation_closure(model, task, batch)
+    before = model[2].running_mean.clone()
+    value = validation()
+    torch.autograd.grad(value, list(model.parameters()))
+    assert torch.equal(model[2].running_mean, before), "validation touched BatchNorm statistics"
+    assert float(validation(shifted)) == pytest.approx(float(task.reduce(at_shift)))
+    # works inside torch.func transforms: a Hessian-vector product by forward over reverse
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    tangent = {name: torch.ones_like(p) for name, p in params.items()}
+    _, hvp = torch.func.jvp(torch.func.grad(lambda p: validation(p)), (params,), (tangent,))
+    assert set(hvp) == set(params)

@@ -4,14 +4,14 @@ loss themselves, and the validation closure."""
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from lrkit.data.batches import Batch
-from lrkit.methods.contract import LossClosure
+from lrkit.methods.contract import GraphClosure, LossClosure
 from lrkit.tasks.base import Task
 
 
@@ -37,33 +37,53 @@ def backward_closure(
     return closure
 
 
-def graph_closure(module: nn.Module, task: Task, batch: Batch, per_example: bool) -> LossClosure:
+def _functional_forward(
+    model: nn.Module, inputs: torch.Tensor, parameters: Mapping[str, torch.Tensor] | None
+) -> torch.Tensor:
+    """``model(inputs)`` at ``parameters`` (name → tensor; the model's own where not given),
+    on copies of the model's buffers, so BatchNorm statistics stay untouched and the call
+    works inside torch.func transforms."""
+    state: dict[str, torch.Tensor] = {
+        name: buffer.clone() for name, buffer in model.named_buffers()
+    }
+    if parameters is not None:
+        state.update(parameters)
+    return functional_call(model, state, (inputs,))
+
+
+def graph_closure(
+    trained: nn.Module, model: nn.Module, task: Task, batch: Batch, per_example: bool
+) -> GraphClosure:
     """Forward only: the training loss — the per-example loss vector when ``per_example`` —
-    with its graph; the method differentiates it. Under DDP the forward runs in
+    with its graph; the method differentiates it. ``closure(parameters)`` evaluates it at
+    other parameter values (name → tensor, a functional call of the unwrapped model, e.g.
+    for Hessian-vector products with torch.func). Under DDP the plain forward runs in
     ``no_sync()`` (buffers still broadcast from rank 0) and the method averages what it
     computes across ranks itself."""
 
-    def closure() -> torch.Tensor:
-        sync = (
-            module.no_sync()
-            if isinstance(module, nn.parallel.DistributedDataParallel)
-            else contextlib.nullcontext()
-        )
-        with sync, torch.enable_grad():
-            losses = task.per_example_loss(module(batch.inputs), batch.targets)
+    def closure(parameters: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        with torch.enable_grad():
+            if parameters is not None:
+                outputs = _functional_forward(model, batch.inputs, parameters)
+            elif isinstance(trained, nn.parallel.DistributedDataParallel):
+                with trained.no_sync():
+                    outputs = trained(batch.inputs)
+            else:
+                outputs = trained(batch.inputs)
+            losses = task.per_example_loss(outputs, batch.targets)
         return losses if per_example else task.reduce(losses)
 
     return closure
 
 
-def validation_closure(model: nn.Module, task: Task, batch: Batch) -> LossClosure:
-    """The task's loss on a validation batch, with its graph, evaluated on copies of the
-    model's buffers (BatchNorm running statistics stay untouched); writes no gradients."""
+def validation_closure(model: nn.Module, task: Task, batch: Batch) -> GraphClosure:
+    """The task's loss on a validation batch, with its graph, at the model's parameters or at
+    ``parameters`` (name → tensor); on copies of the model's buffers (BatchNorm running
+    statistics stay untouched); writes no gradients."""
 
-    def closure() -> torch.Tensor:
-        buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    def closure(parameters: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         with torch.enable_grad():
-            outputs = functional_call(model, buffers, (batch.inputs,))
+            outputs = _functional_forward(model, batch.inputs, parameters)
             return task.loss(outputs, batch.targets)
 
     return closure

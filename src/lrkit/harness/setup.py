@@ -223,7 +223,9 @@ class PreparedRun:
                     f"method {self.spec.name!r} differentiates the loss itself; gradient "
                     "clipping by the harness does not apply to it"
                 )
-            closure = graph_closure(self.trained, self.task, batch, capabilities.per_example_losses)
+            closure = graph_closure(
+                self.trained, self.model, self.task, batch, capabilities.per_example_losses
+            )
         else:
             closure = backward_closure(
                 self.trained, self.task, batch, self.method.optimizer, self.grad_clip

@@ -15,10 +15,18 @@ The training closure has one of two forms, chosen by the capabilities:
   and returns the loss — the vector of per-example losses when ``per_example_losses`` — with
   its autograd graph; the method differentiates it itself (weighted by instance, or twice for
   Hessian-vector products). One forward pass serves the loss and the per-example losses.
+  ``closure(parameters)`` evaluates the same batch at other parameter values (a mapping
+  name → tensor, names as in ``model.named_parameters()``; a functional call, so it works
+  inside torch.func transforms such as ``jvp`` over ``grad``).
 
 The validation closure (``validation_every`` ≥ 1) runs a forward pass on a batch of held-out
-data and returns the mean validation loss with its graph; it neither zeroes nor writes
-gradients and does not change the model's buffers (BatchNorm statistics).
+data and returns the task's loss on it with its graph, at the model's parameters or at
+``parameters`` like the graph closure; it neither zeroes nor writes gradients and does not
+change the model's buffers (BatchNorm statistics).
+
+Under ``torch.distributed`` each rank's closures see that rank's shard of the batch. DDP
+averages the gradients of the backward closure; whatever a method computes from a graph or
+validation closure it averages across ranks itself (:mod:`lrkit.methods.distributed`).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from torch import nn
 from lrkit.data.batches import Batch
 
 LossClosure = Callable[[], torch.Tensor]
+GraphClosure = Callable[..., torch.Tensor]
 PerExampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -140,9 +149,9 @@ class StepInputs:
         validation_closure: the validation closure on the steps where it is due.
     """
 
-    closure: LossClosure
+    closure: LossClosure | GraphClosure
     batch: Batch
-    validation_closure: LossClosure | None = None
+    validation_closure: GraphClosure | None = None
 
     def step_keywords(self, capabilities: Capabilities) -> dict[str, Any]:
         """The keyword arguments of ``optimizer.step(closure, **keywords)``."""
