@@ -15,7 +15,7 @@ import torch
 
 import toy_methods
 from lrkit.cli import main
-from lrkit.harness import bench as bench_module
+from lrkit.harness import executors as executors_module
 from lrkit.harness.bench import run_suite
 from lrkit.harness.experiments import ArtifactRef, Contender, Experiment, Stage, Suite
 from lrkit.methods import BuildContext, Capabilities, get_method
@@ -149,7 +149,7 @@ def test_a_stage_makes_an_artifact_that_later_runs_consume_and_resume(
     def must_not_run(*args, **kwargs):
         raise AssertionError("resumed work was redone")
 
-    monkeypatch.setattr(bench_module, "train", must_not_run)
+    monkeypatch.setattr(executors_module, "train", must_not_run)
     again = run_suite(
         Suite(
             name=suite.name,

@@ -133,7 +133,7 @@ def test_beale_minimum_is_zero_with_zero_gradient() -> None:
     loss.backward()
     assert float(loss.detach()) == 0.0
     assert torch.equal(model.position.grad, torch.zeros(2, dtype=torch.float64))
-    assert task.evaluate(model, data)["distance_to_minimum"] == 0.0
+    assert task.evaluate(model, data)["train_distance_to_minimum"] == 0.0
 
 
 def test_bukin6_minimum_location_and_smoothing() -> None:

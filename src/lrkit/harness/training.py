@@ -127,6 +127,7 @@ def train(config: RunConfig, progress: bool = False) -> dict[str, Any]:
         train_time_s=train_time,
         curve=curve,
         evals=evals,
+        num_classes=data.num_classes,
     )
 
 

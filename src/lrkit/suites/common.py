@@ -3,7 +3,7 @@ own methods at their defaults, and L4's central claim."""
 
 from __future__ import annotations
 
-from lrkit.harness.claims import matches_or_beats
+from lrkit.harness.claims import at_least_as_good
 from lrkit.harness.experiments import Claim, Contender
 from lrkit.methods import implemented_methods
 
@@ -43,7 +43,7 @@ def lrkit_methods() -> tuple[Contender, ...]:
 def l4adam_claim(source: str) -> Claim:
     """L4's central claim for L4Adam; ``source`` names where in the paper this experiment's
     version of it stands."""
-    return matches_or_beats(
+    return at_least_as_good(
         "l4adam_vs_adam",
         "l4adam",
         "adam",
@@ -54,7 +54,7 @@ def l4adam_claim(source: str) -> Claim:
 
 def l4mom_claim(source: str) -> Claim:
     """L4's central claim for L4Mom (see :func:`l4adam_claim`)."""
-    return matches_or_beats(
+    return at_least_as_good(
         "l4mom_vs_momentum",
         "l4mom",
         "momentum",

@@ -120,11 +120,8 @@ def quadratic_deep(
             extras={"hessian": quadratic_deep_hessian(seed)},
         )
 
-    def metrics_fn(model: nn.Module, data: TaskData) -> dict[str, float]:
-        return {
-            "train_loss": _mean_loss(task, model, data.train_inputs, data.train_targets),
-            "test_loss": _mean_loss(task, model, data.test_inputs, data.test_targets),
-        }
+    def metrics_fn(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
+        return {"loss": _mean_loss(task, model, inputs, targets)}
 
     task = Task(
         name="quadratic_deep",
@@ -138,6 +135,7 @@ def quadratic_deep(
         primary_metric="test_loss",
         maximize=False,
         metrics_fn=metrics_fn,
+        evaluation_splits=("train", "validation", "test"),
     )
     return task
 
@@ -220,16 +218,10 @@ def recht_regression(variant: str = "linspace", steps: int = 3000) -> Task:
             f"{sorted(RECHT_ROW_SCALES)} (linspace: the notebook's code, logspace: its intent)"
         )
 
-    def metrics_fn(model: nn.Module, data: TaskData) -> dict[str, float]:
+    def metrics_fn(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
         dtype = next(model.parameters()).dtype
-
-        def sse(inputs: torch.Tensor, targets: torch.Tensor) -> float:
-            return float(squared_error(model(inputs.to(dtype)), targets.to(dtype)).double().sum())
-
-        return {
-            "train_loss": sse(data.train_inputs, data.train_targets),
-            "test_loss": sse(data.test_inputs, data.test_targets),
-        }
+        outputs = model(inputs.to(dtype))
+        return {"loss": float(squared_error(outputs, targets.to(dtype)).double().sum())}
 
     return Task(
         name="recht_regression",
@@ -244,6 +236,7 @@ def recht_regression(variant: str = "linspace", steps: int = 3000) -> Task:
         maximize=False,
         reduction="sum",
         metrics_fn=metrics_fn,
+        evaluation_splits=("train", "validation", "test"),
         data_seed_from_run=True,
     )
 
@@ -309,10 +302,10 @@ def _test_function_task(
         raise ValueError(f"{name}: start must be a point (x, y), got {start!r}")
     start = (float(start[0]), float(start[1]))
 
-    def metrics_fn(model: nn.Module, data: TaskData) -> dict[str, float]:
+    def metrics_fn(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
         position = model.position.detach().double()
         return {
-            "train_loss": float(objective(position)),
+            "loss": float(objective(position)),
             "distance_to_minimum": float(
                 torch.linalg.vector_norm(position - torch.tensor(minimum, dtype=torch.float64))
             ),
@@ -330,6 +323,7 @@ def _test_function_task(
         primary_metric="train_loss",
         maximize=False,
         metrics_fn=metrics_fn,
+        evaluation_splits=("train",),
     )
 
 
@@ -343,7 +337,7 @@ def beale(start: tuple[float, float] = BEALE_START, steps: int = 500) -> Task:
     point (x, y), starting at ``start`` (default (1, 1.5), on the plateau north-west of the
     minimum; the paper's start point is not legible in our copy) for every run seed; the
     data is one dummy row; the loss is :func:`beale_function`, minimum 0 at (3, 0.5).
-    Metrics: ``train_loss`` and ``distance_to_minimum``. Float64."""
+    Metrics: ``train_loss`` and ``train_distance_to_minimum``. Float64."""
     return _test_function_task(
         "beale", beale_function, start, (3.0, 0.5), steps, beale.__doc__ or ""
     )
@@ -360,7 +354,7 @@ def bukin6(
     """Smoothed Bukin N.6 (MARTHE Fig. 1, Donini et al. Sec. 3; the paper's exact smoothing is
     not legible in our copy, see :func:`smoothed_bukin6`), minimum 0 at (−10, 1). The parameter
     is the point (x, y), starting at ``start`` (default (−7, 2)) for every run seed; the data
-    is one dummy row. Metrics: ``train_loss`` and ``distance_to_minimum``. Float64."""
+    is one dummy row. Metrics: ``train_loss`` and ``train_distance_to_minimum``. Float64."""
     if smoothing <= 0:
         raise ValueError(f"bukin6 smoothing must be positive, got {smoothing}")
 
