@@ -29,6 +29,7 @@ from lrkit.methods.lookahead import Lookahead
 CONFORMANCE_HPARAMS: dict[str, dict[str, Any]] = {
     "adam": {"lr": 1e-2},
     "adamw": {"lr": 1e-2},
+    "nadamw": {"lr": 1e-2},
     "schedulefree_adamw": {"lr": 1e-2},
 }
 # What the second param group changes. Default: half the lr. Prodigy and D-Adaptation
@@ -53,6 +54,17 @@ SKIPS: dict[str, dict[str, str]] = {
         "bfloat16": _BFLOAT16_STALLS.format(
             first="a total move of r_eps = reps_rel·(1 + |x0|), reps_rel = 1e-6", name="DoG"
         )
+    },
+    "mechanic": {
+        "bfloat16": _BFLOAT16_STALLS.format(
+            first="s_init·lr = 1e-8 per coordinate", name="Mechanic"
+        ),
+        "state_dict": "mechanic-pytorch keeps its reference point in optimizer.state['_mechanic'] "
+        "keyed by the parameter tensors themselves, so a loaded state refers to the saved "
+        "tensors, not the new model's parameters: its first step after loading raises "
+        "KeyError. Resume Mechanic only within one process (or keep the optimizer object).",
+        "ddp_state": "its state dict is keyed by parameter objects (see state_dict), which "
+        "differ between processes; the ranks' parameters are compared instead",
     },
 }
 

@@ -18,13 +18,13 @@ from lrkit.harness.claims import (
     at_least_as_good,
     beats,
     fewer_steps_than_grid,
-    gap_shrinks_along,
     reaches_relative_loss,
 )
 from lrkit.harness.executors import LocalExecutor
 from lrkit.harness.experiments import Contender, Experiment, Suite
 from lrkit.harness.results import ExperimentResult
 from lrkit.harness.statistics import compare
+from lrkit.harness.trends import advantage_grows_along
 from lrkit.tasks import TASKS
 from lrkit.tasks.base import Task, TaskData
 
@@ -161,7 +161,7 @@ def test_a_trend_across_experiments() -> None:
         base = [0.80, 0.81, 0.79, 0.80, 0.81]
         return _result(_seeds("ours", [b + gap for b in base]) + _seeds("base", base))
 
-    claim = gap_shrinks_along("t", "text", "ours", "base", (("small", 8), ("large", 64)))
+    claim = advantage_grows_along("t", "text", "ours", "base", (("small", 8), ("large", 64)))
     shrinking = {"small": experiment(0.10), "large": experiment(0.0)}
     assert claim.check(shrinking).held is True
     flat = {"small": experiment(0.05), "large": experiment(0.05)}
@@ -281,8 +281,8 @@ def _comparable(results: dict) -> list:
     ]
 
 
-def test_results_do_not_depend_on_the_number_of_workers(tmp_path):
-    suite = Suite(
+def _workers_suite() -> Suite:
+    return Suite(
         name="workers",
         description="",
         seeds=2,
@@ -297,6 +297,10 @@ def test_results_do_not_depend_on_the_number_of_workers(tmp_path):
             ),
         ),
     )
+
+
+def test_results_do_not_depend_on_the_number_of_workers(tmp_path):
+    suite = _workers_suite()
     one = run_suite(
         suite, tmp_path / "one", LocalExecutor(1, 1, provenance.code_state()), progress=False
     )
@@ -311,3 +315,20 @@ def test_results_do_not_depend_on_the_number_of_workers(tmp_path):
         json.loads((tmp_path / "two" / "results.json").read_text())["environment"]["workers"] == 2
     )
     assert Path(tmp_path / "two" / "runs").is_dir()
+
+
+def test_the_ray_backend_gives_the_same_results(tmp_path):
+    pytest.importorskip("ray")
+    from lrkit.harness.executors import RayExecutor
+
+    suite = _workers_suite()
+    one = run_suite(
+        suite, tmp_path / "one", LocalExecutor(1, 1, provenance.code_state()), progress=False
+    )
+    ray_executor = RayExecutor(2, 1, provenance.code_state(), address=None)
+    try:
+        on_ray = run_suite(suite, tmp_path / "ray", ray_executor, progress=False, backend="ray")
+    finally:
+        ray_executor.close()
+    assert _comparable(one) == _comparable(on_ray)
+    assert on_ray["environment"]["backend"] == "ray"

@@ -10,9 +10,8 @@ on more seeds than its baseline is worse, whatever its other seeds did.
 
 from __future__ import annotations
 
-import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +22,6 @@ from lrkit.harness.statistics import (
     Comparison,
     compare,
     describe,
-    t_quantile,
 )
 
 
@@ -102,8 +100,9 @@ def evaluate_cost_claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "experiment": "cost",
                 "name": f"cost_{row['method']}_{row['task']}",
-                "claim": f"{row['method']} costs at most {target:g}× a {row['base']} step on "
-                f"{row['task']}" + (f" ({row['source']})." if row.get("source") else "."),
+                "claim": f"A step of {row['method']} costs at most {target:g}× a step of "
+                f"{row['base']} on {row['task']}"
+                + (f" ({row['source']})." if row.get("source") else "."),
                 "held": ratio <= target,
                 "outcome": None,
                 "comparison": None,
@@ -141,7 +140,7 @@ def compare_labels(
             f"{method} failed (diverged or stayed at chance) on {failed_m}/{runs_m} seeds, "
             f"{baseline} on {failed_b}/{runs_b}",
         )
-    maximize = result.maximize if metric == result.primary_metric else _maximized(metric)
+    maximize = result.maximize if metric == result.primary_metric else maximized(metric)
     return compare(
         result.values(method, metric),
         result.values(baseline, metric),
@@ -151,7 +150,8 @@ def compare_labels(
     )
 
 
-def _maximized(metric: str) -> bool:
+def maximized(metric: str) -> bool:
+    """Whether a metric other than the task's primary one is better when larger."""
     return metric.endswith("accuracy")
 
 
@@ -282,115 +282,5 @@ def fewer_steps_than_grid(
         )
         held = None if comparison.outcome == "undecided" else comparison.outcome == "better"
         return Verdict(held, f"{measured}; {describe(comparison)}", comparison, method)
-
-    return Claim(name, text, check)
-
-
-# ------------------------------------------------------------------------ across experiments
-
-
-def _effect_and_variance(
-    result: ExperimentResult, method: str, baseline: str, metric: str, log_scale: bool
-) -> tuple[float, float, int] | None:
-    """The method's effect over the baseline (positive: better), its variance and the
-    smaller sample size; None when either side has fewer than two values."""
-    m = result.values(method, metric)
-    b = result.values(baseline, metric)
-    if log_scale:
-        m, b = [math.log10(v) for v in m if v > 0], [math.log10(v) for v in b if v > 0]
-    if len(m) < 2 or len(b) < 2:
-        return None
-    sign = (
-        1.0
-        if (result.maximize if metric == result.primary_metric else _maximized(metric))
-        else -1.0
-    )
-    effect = sign * (statistics.fmean(m) - statistics.fmean(b))
-    variance = statistics.variance(m) / len(m) + statistics.variance(b) / len(b)
-    return effect, variance, min(len(m), len(b))
-
-
-def gap_shrinks_along(
-    name: str,
-    text: str,
-    method: str,
-    baseline: str,
-    experiments: Sequence[tuple[str, float]],
-    metric: str | None = None,
-    log_scale: bool = False,
-) -> Claim:
-    """A trend across experiments (e.g. batch sizes, ordered by x): held when the method's
-    effect over its baseline is larger, beyond noise, at the smallest x than at the largest
-    (difference of the two effects, 95 % interval with the smaller sample's degrees of
-    freedom). The effects at every x are reported."""
-
-    def check(results: Mapping[str, ExperimentResult]) -> Verdict:
-        ordered = sorted(experiments, key=lambda item: item[1])
-        effects = []
-        for experiment, x in ordered:
-            result = results[experiment]
-            used = metric or result.primary_metric
-            found = _effect_and_variance(result, method, baseline, used, log_scale)
-            effects.append((x, found))
-        text_effects = ", ".join(
-            f"{x:g}: " + ("—" if found is None else f"{found[0]:+.4g}") for x, found in effects
-        )
-        measured = f"effect of {method} over {baseline} by x: {text_effects}"
-        first, last = effects[0][1], effects[-1][1]
-        if first is None or last is None or min(first[2], last[2]) < MIN_SEEDS:
-            return Verdict(None, measured + f" (fewer than {MIN_SEEDS} seeds at an end)")
-        difference = first[0] - last[0]
-        half = t_quantile(0.975, min(first[2], last[2]) - 1) * math.sqrt(first[1] + last[1])
-        low, high = difference - half, difference + half
-        outcome = "better" if low > 0 else "worse" if high < 0 else "tie"
-        comparison = Comparison(
-            outcome,
-            difference,
-            low,
-            high,
-            first[2],
-            last[2],
-            "log10" if log_scale else "linear",
-            "difference of the effects at the smallest and the largest x",
-        )
-        return Verdict(
-            None if outcome == "undecided" else outcome == "better",
-            f"{measured}; smallest minus largest x: {describe(comparison)}",
-            comparison,
-            method,
-            baseline,
-            metric,
-        )
-
-    return Claim(name, text, check)
-
-
-def setting_helps(
-    name: str,
-    text: str,
-    method: str,
-    helped: str,
-    reference: str,
-    metric: str | None = None,
-    log_scale: bool = False,
-) -> Claim:
-    """Held when ``method`` does better, beyond noise, in experiment ``helped`` than in
-    experiment ``reference`` (e.g. a higher dropout rate)."""
-
-    def check(results: Mapping[str, ExperimentResult]) -> Verdict:
-        a, b = results[helped], results[reference]
-        used = metric or a.primary_metric
-        comparison = compare(
-            a.values(method, used),
-            b.values(method, used),
-            maximize=a.maximize if used == a.primary_metric else _maximized(used),
-            log_scale=log_scale,
-        )
-        measured = (
-            f"{method} in {helped}: {mean_std(a.row(method, used))}, in {reference}: "
-            f"{mean_std(b.row(method, used))} ({used}); {describe(comparison)}"
-        )
-        held = None if comparison.outcome == "undecided" else comparison.outcome == "better"
-        return Verdict(held, measured, comparison, method, None, used)
 
     return Claim(name, text, check)

@@ -107,7 +107,8 @@ class RayExecutor:
             raise ImportError("--backend ray needs Ray: pip install 'lrkit[ray]'") from missing
         self._ray = ray
         self.workers, self.threads, self.provenance = workers, threads, provenance
-        if not ray.is_initialized():
+        self._initialised_here = not ray.is_initialized()
+        if self._initialised_here:
             address = address or os.environ.get("RAY_ADDRESS")
             environment = {
                 key: os.environ[key] for key in ("LRKIT_DATA", "PYTHONPATH") if key in os.environ
@@ -129,7 +130,10 @@ class RayExecutor:
         return _collect(futures, on_done)
 
     def close(self) -> None:
-        """Leaves a cluster we connected to running; a local instance stops with us."""
+        """Disconnects if this executor connected (a cluster keeps running; a local
+        instance it started stops)."""
+        if self._initialised_here:
+            self._ray.shutdown()
 
 
 def _collect(futures: list[concurrent.futures.Future], on_done) -> list[dict[str, Any]]:

@@ -53,7 +53,8 @@ class RunConfig:
         grad_clip: clip the global gradient norm before each step.
         dtype: "float32", "float64" or "bfloat16" (default: the task's own).
         loss_thresholds: relative training-loss levels whose first crossing is recorded.
-        eval_subset: evaluate on the first rows of the test set only (smoke runs).
+        eval_subset: evaluate on the first rows of the validation and test sets only (smoke
+            runs; the validation batches of methods that need them come from those rows too).
         device: "cpu" or "cuda" (default: cpu).
     """
 
@@ -248,10 +249,15 @@ def run_failure(run: dict[str, Any]) -> str | None:
 
 def metric_values(runs: list[dict[str, Any]], metric: str) -> list[float]:
     """The metric of every run that has it: ``steps_to_r``/``time_to_r`` read the threshold
-    crossings (runs that never crossed are left out), other metrics the final evaluation of
-    runs that did not fail (:func:`run_failure`)."""
+    crossings (runs that never crossed are left out), ``seconds_per_step`` the run's training
+    time over its steps, other metrics the final evaluation of runs that did not fail
+    (:func:`run_failure`)."""
     values = []
     for run in runs:
+        if metric == "seconds_per_step":
+            if run["steps_done"]:
+                values.append(run["train_time_s"] / run["steps_done"])
+            continue
         if metric.startswith(("steps_to_", "time_to_")):
             kind, threshold = metric.split("_to_")
             hit = run.get("thresholds", {}).get(threshold)

@@ -38,6 +38,8 @@ def _task_and_data(config: RunConfig) -> tuple[Task, TaskData]:
     if config.eval_subset is not None:
         data = replace(
             data,
+            validation_inputs=data.validation_inputs[: config.eval_subset],
+            validation_targets=data.validation_targets[: config.eval_subset],
             test_inputs=data.test_inputs[: config.eval_subset],
             test_targets=data.test_targets[: config.eval_subset],
         )

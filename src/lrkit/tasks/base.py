@@ -21,7 +21,16 @@ class TaskData:
     """Tensors of one task instance. The validation split is held out of the training set
     (class-balanced where there are classes): methods that declare they need validation
     data (hypergradients, meta-learning) draw batches from it; baselines never see it.
-    ``train_indices`` are the instance ids that travel with every training batch."""
+    ``train_indices`` are the instance ids that travel with every training batch.
+
+    Args:
+        train_inputs, train_targets: the training split.
+        validation_inputs, validation_targets: the held-out validation split.
+        test_inputs, test_targets: the test split (never used for tuning).
+        num_classes: classes of a classification task, else None.
+        train_indices: instance ids of the training rows (default 0…N−1).
+        extras: task-specific values (e.g. the regression's matrix).
+    """
 
     train_inputs: torch.Tensor
     train_targets: torch.Tensor
@@ -58,6 +67,21 @@ class Task:
     functions), the training loss. ``evaluation_splits`` are the splits :meth:`evaluate`
     reports on; ``metrics_fn(model, inputs, targets)`` → unprefixed metrics of one split
     (default: loss, and accuracy for integer targets).
+
+    Args:
+        name, description: the registry name and what the task is.
+        model_factory: ``model_factory(generator)`` → the model, initialised from it.
+        data_factory: ``data_factory(seed)`` → :class:`TaskData`.
+        per_example_loss: ``per_example_loss(outputs, targets)`` → one loss per row.
+        batch_size: mini-batch size; None for full-batch training.
+        steps: the default budget in optimizer steps.
+        eval_every: steps between evaluations.
+        primary_metric, maximize: what is reported and compared, and its direction.
+        reduction: "mean" or "sum" of the per-example losses.
+        metrics_fn: metrics of one split (default: loss and accuracy).
+        evaluation_splits: the splits :meth:`evaluate` reports on.
+        data_seed_from_run: synthetic problems draw a new instance per run seed.
+        options: the options the registry built the task with.
     """
 
     name: str
@@ -110,7 +134,8 @@ class Task:
     def train_batches(
         self, data: TaskData, generator: torch.Generator, batch_size: int | None = None
     ) -> Iterator[Batch]:
-        """Endless stream of training batches: reshuffled epochs, each batch with indices."""
+        """Endless stream of training batches: reshuffled epochs, each batch with indices; a
+        full-batch task gets the whole training set, unshuffled, every step."""
         size = self.batch_size if batch_size is None else batch_size
         while True:
             yield from iterate_batches(
@@ -118,6 +143,7 @@ class Task:
                 data.train_targets,
                 size,
                 generator=generator,
+                shuffle=size is not None,
                 indices=data.train_indices,
             )
 

@@ -1,6 +1,7 @@
 """Recurrent tasks: a character-level LSTM language model on Tiny Shakespeare (the stand-in
 for MLR-SNet's Penn Treebank LSTMs) and a generated repeat-copy task (the stand-in for L4's
-DNC repeat-copy, METHODS.md §6). Models are built by :func:`lrkit.tasks.vision.build_seeded`.
+DNC repeat-copy; the DNC itself and PTB are not available offline). Models are built by
+:func:`lrkit.tasks.vision.build_seeded`.
 """
 
 from __future__ import annotations
