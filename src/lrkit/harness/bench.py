@@ -118,6 +118,16 @@ def _resolve(value: Any, artifacts: Mapping[str, dict[str, Any]]) -> Any:
     return value
 
 
+def _batch_size(experiment: Experiment) -> int | None:
+    """The experiment's batch size, capped by ``batch_size_cap`` (full batch stays full)."""
+    if experiment.batch_size_cap is None:
+        return experiment.batch_size
+    size = experiment.batch_size
+    if size is None:
+        size = get_task(experiment.task, **experiment.task_options).batch_size
+    return None if size is None else min(size, experiment.batch_size_cap)
+
+
 def _config(request: RunRequest, device: str | None) -> dict[str, Any]:
     experiment, contender = request.experiment, request.contender
     return RunConfig(
@@ -127,7 +137,7 @@ def _config(request: RunRequest, device: str | None) -> dict[str, Any]:
         hparams=request.hparams,
         task_options=dict(experiment.task_options),
         steps=experiment.steps,
-        batch_size=experiment.batch_size,
+        batch_size=_batch_size(experiment),
         eval_every=experiment.eval_every,
         log_every=experiment.log_every,
         grad_clip=contender.grad_clip,
@@ -273,7 +283,8 @@ def select(
     suite: Suite, *, tasks: list[str] | None = None, methods: list[str] | None = None
 ) -> Suite:
     """The suite restricted to the given tasks and methods (by task name / method name or
-    contender label). Stages and suite claims stay when everything they read stays."""
+    contender label). Stages stay when everything they read stays; claims across
+    experiments go; cost checks stay for the kept tasks and methods."""
     plan: list[Experiment | Stage] = []
     kept: set[str] = set()
     for item in suite.plan:
@@ -292,7 +303,13 @@ def select(
             kept.add(item.name)
     if not any(isinstance(item, Experiment) for item in plan):
         raise ValueError("the --tasks/--methods filters leave no experiment to run")
-    return replace(suite, plan=tuple(plan), claims=())
+    costs = tuple(
+        replace(check, methods=tuple(m for m in check.methods if not methods or m in methods))
+        for check in suite.costs
+        if not tasks or check.task in tasks
+    )
+    costs = tuple(check for check in costs if check.methods)
+    return replace(suite, plan=tuple(plan), claims=(), costs=costs)
 
 
 def check_available(suite: Suite) -> None:

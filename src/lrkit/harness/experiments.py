@@ -17,6 +17,7 @@ from typing import Any
 
 SMOKE_STEPS = 12
 SMOKE_EVAL_ROWS = 256
+SMOKE_BATCH_CAP = 32
 SCALES = ("cpu", "paper")
 
 
@@ -97,6 +98,7 @@ class Experiment:
             it), so verdicts compare values without a noise rule.
         grid_extensions: how many log steps a grid may grow on each side while its best
             point sits on that edge.
+        batch_size_cap: the largest mini-batch (smoke runs; full-batch tasks are left alone).
     """
 
     name: str
@@ -117,10 +119,12 @@ class Experiment:
     extra: Callable[[Any], str] | None = None
     deterministic: bool = False
     grid_extensions: int = 3
+    batch_size_cap: int | None = None
 
     def smoke(self) -> Experiment:
-        """A few steps of every contender, one seed, grids cut to their first two points,
-        evaluation on the first rows of the test set."""
+        """A few steps of every contender, one seed, grids cut to their first two points and
+        extended at most once, mini-batches of at most SMOKE_BATCH_CAP rows, evaluation on
+        the first rows of the validation and test sets."""
         return replace(
             self,
             steps=SMOKE_STEPS,
@@ -128,6 +132,7 @@ class Experiment:
             log_every=1,
             seeds=1,
             eval_subset=SMOKE_EVAL_ROWS,
+            batch_size_cap=SMOKE_BATCH_CAP,
             grid_extensions=min(1, self.grid_extensions),
             contenders=tuple(
                 replace(contender, grid={k: v[:2] for k, v in contender.grid.items()})
