@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 SMOKE_STEPS = 12
@@ -94,6 +95,8 @@ class Experiment:
         eval_subset: evaluate on the first rows of the test set only (smoke runs).
         notes: text for the report.
         extra: ``extra(result)`` → Markdown for a table only this experiment has.
+        figure: ``figure(result, out)`` → the path of a figure only this experiment has
+            (written into ``out``), or None.
         deterministic: no data sampling and a fixed start (one run is exact; seeds repeat
             it), so verdicts compare values without a noise rule.
         grid_extensions: how many log steps a grid may grow on each side while its best
@@ -117,6 +120,7 @@ class Experiment:
     eval_subset: int | None = None
     notes: str = ""
     extra: Callable[[Any], str] | None = None
+    figure: Callable[[Any, Path], Path | None] | None = None
     deterministic: bool = False
     grid_extensions: int = 3
     batch_size_cap: int | None = None

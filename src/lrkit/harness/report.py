@@ -257,7 +257,10 @@ def write_report(results: dict[str, Any], out: Path, suite: Suite) -> Path:
             lines += ["", "Claims:", "", *claim_lines]
         if exp.extra is not None:
             lines += ["", exp.extra(result)]
-        for plot in (plot_experiment(result, out), plot_sensitivity(result, tuning, out)):
+        plots = [plot_experiment(result, out), plot_sensitivity(result, tuning, out)]
+        if exp.figure is not None:
+            plots.append(exp.figure(result, out))
+        for plot in plots:
             if plot is not None:
                 lines += ["", f"![{plot.stem}]({plot.name})"]
     suite_claims = _claim_lines(claims, "suite")

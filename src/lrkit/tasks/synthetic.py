@@ -318,6 +318,8 @@ def _test_function_task(
         position = model.position.detach().double()
         return {
             "loss": float(objective(position)),
+            "x": float(position[0]),
+            "y": float(position[1]),
             "distance_to_minimum": float(
                 torch.linalg.vector_norm(position - torch.tensor(minimum, dtype=torch.float64))
             ),
@@ -349,7 +351,8 @@ def beale(start: tuple[float, float] = BEALE_START, steps: int = 500) -> Task:
     point (x, y), starting at ``start`` (default (1, 1.5), on the plateau north-west of the
     minimum; the paper's start point is not legible in our copy) for every run seed; the
     data is one dummy row; the loss is :func:`beale_function`, minimum 0 at (3, 0.5).
-    Metrics: ``train_loss`` and ``train_distance_to_minimum``. Float64."""
+    Metrics: ``train_loss``, ``train_distance_to_minimum`` and the position ``train_x``,
+    ``train_y``. Float64."""
     return _test_function_task(
         "beale", beale_function, start, (3.0, 0.5), steps, beale.__doc__ or ""
     )
@@ -366,7 +369,8 @@ def bukin6(
     """Smoothed Bukin N.6 (MARTHE Fig. 1, Donini et al. Sec. 3; the paper's exact smoothing is
     not legible in our copy, see :func:`smoothed_bukin6`), minimum 0 at (−10, 1). The parameter
     is the point (x, y), starting at ``start`` (default (−7, 2)) for every run seed; the data
-    is one dummy row. Metrics: ``train_loss`` and ``train_distance_to_minimum``. Float64."""
+    is one dummy row. Metrics: ``train_loss``, ``train_distance_to_minimum`` and the position
+    ``train_x``, ``train_y``. Float64."""
     if smoothing <= 0:
         raise ValueError(f"bukin6 smoothing must be positive, got {smoothing}")
 
