@@ -1,7 +1,8 @@
 """Datasets as in-memory tensors, hold-out splits, label noise and image corruptions.
 
-Nothing is downloaded: loaders read standard files from ``root``, ``$LRKIT_DATA`` or
-``/usr/share/datasets`` (see :func:`find_data_dir`).
+Nothing is downloaded: loaders read standard files from ``root``, ``$LRKIT_DATA`` or the
+default places (``../shared/data`` beside a clone, ``~/.local/share/lrkit``,
+``/usr/share/datasets``; see :mod:`lrkit.data.root`).
 """
 
 from lrkit.data.batches import Batch, iterate_batches
