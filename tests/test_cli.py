@@ -143,6 +143,21 @@ def test_method_without_its_package_is_one_line(
     assert f"pip install 'lrkit[{extra}]'" in line and "lrkit_no_such_package" in line
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="lrkit.harness.bench.check_available raises a plain ImportError; once it raises "
+    "lrkit.errors.MissingExtraError this passes: remove this mark",
+)
+def test_bench_without_a_peer_package_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    spec = dataclasses.replace(registry.get_method("prodigy"), requires="lrkit_no_such_package")
+    monkeypatch.setitem(registry.METHODS, "prodigy", spec)
+    argv = ["bench", "quick", "--smoke", "--tasks", "beale", "--methods", "prodigy"]
+    assert main([*argv, "--no-progress", "--out", str(tmp_path)]) == 2
+    assert "pip install 'lrkit[peers]'" in one_line_error(capsys.readouterr().err)
+
+
 def test_report_without_matplotlib_says_how_to_get_plots(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
