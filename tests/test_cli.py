@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import lrkit
-from data_files import SUITE_DATASETS
+from data_files import suite_dataset
 from lrkit.cli import build_parser, main
 from lrkit.data import load_digits
 from lrkit.errors import MissingExtraError
@@ -65,11 +65,12 @@ def test_data_dir_and_threads_go_before_or_after_the_command(argv: list[str]) ->
     assert args.data_dir == "D" and args.threads == 3
 
 
-def test_threads_must_be_positive(capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("threads", ["0", "-1", "two"])
+def test_threads_must_be_positive(threads: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["list", "--threads", "0"])
+        main(["list", "--threads", threads])
     assert exit_info.value.code == 2
-    assert "expected a positive integer" in capsys.readouterr().err
+    assert f"--threads: expected a positive integer, got '{threads}'" in capsys.readouterr().err
 
 
 def test_data_dir_must_exist(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -80,18 +81,17 @@ def test_data_dir_must_exist(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
 
 
 def test_data_dir_reaches_the_loaders(tmp_path: Path) -> None:
-    """`lrkit train --data-dir DIR` trains on DIR's Fashion-MNIST: 120 images per class, 100 of
-    them held out, leave 200 training images, 3 full batches of 64 per epoch (the real data:
-    59,000 images, 921 batches)."""
-    fashion = next(d for d in SUITE_DATASETS if d.name == "fashion-mnist")
-    fashion.write_small(tmp_path / "data" / "fashion-mnist")
+    """`lrkit train --data-dir DIR` trains on DIR's Fashion-MNIST: 800 images per class, 100
+    of them held out, leave 7000 training images, 109 full batches of 64 per epoch (the real
+    data: 59,000 images, 921 batches)."""
+    suite_dataset("fashion-mnist").write_small(tmp_path / "data" / "fashion-mnist")
     record = tmp_path / "run.json"
     result = run_lrkit(
         *("train", "--task", "fmnist_mlp2", "--method", "sgd", "--steps", "2", "--no-progress"),
         *("--data-dir", str(tmp_path / "data"), "--json", str(record)),
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(record.read_text())["steps_per_epoch"] == 3
+    assert json.loads(record.read_text())["steps_per_epoch"] == 7000 // 64
 
 
 def test_threads_default_to_one_are_recorded_and_restored(

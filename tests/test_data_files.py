@@ -9,8 +9,15 @@ import pytest
 import torch
 
 import lrkit.data.root as data_root
-from data_files import SMALL_DATA_MARKER, SUITE_DATASETS, provide_small_data, real_data_folder
+from data_files import (
+    SMALL_DATA_MARKER,
+    SUITE_DATASETS,
+    provide_small_data,
+    real_data_folder,
+    suite_dataset,
+)
 from lrkit.data import load_fashion_mnist, load_tiny_shakespeare
+from lrkit.tasks import TASKS, get_task
 
 
 @pytest.fixture
@@ -25,13 +32,20 @@ def nothing_found(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_small_stand_ins_are_read_by_the_loaders(tmp_path: Path, nothing_found: None) -> None:
     assert provide_small_data(tmp_path / "data") == [d.name for d in SUITE_DATASETS]
     images = load_fashion_mnist(tmp_path / "data")
-    assert images.train_images.shape == (1200, 1, 28, 28)
-    assert images.test_images.shape == (200, 1, 28, 28)
-    assert torch.equal(images.train_labels.bincount(), torch.full((10,), 120))
+    assert images.train_images.shape == (8000, 1, 28, 28)
+    assert images.test_images.shape == (500, 1, 28, 28)
+    assert torch.equal(images.train_labels.bincount(), torch.full((10,), 800))
     means = torch.stack([images.train_images[images.train_labels == k].mean(0) for k in range(10)])
     assert torch.cdist(means.flatten(1), means.flatten(1)).add(torch.eye(10) * 99).min() > 5
     corpus = load_tiny_shakespeare(tmp_path / "data")
     assert corpus.train.numel() > 15_000 and "R" in corpus.vocab
+
+
+@pytest.mark.parametrize("name", sorted(n for n in TASKS if n.startswith("fmnist_")))
+def test_every_fashion_mnist_task_builds_on_the_stand_in(name: str, tmp_path: Path) -> None:
+    suite_dataset("fashion-mnist").write_small(tmp_path)
+    data = get_task(name, root=str(tmp_path)).load_data(0)
+    assert data.num_train > 0 and data.validation_inputs.shape[0] > 0
 
 
 def test_small_stand_ins_are_never_taken_for_the_real_data(
@@ -49,10 +63,10 @@ def test_a_found_dataset_is_linked_not_replaced(
 ) -> None:
     """Where lrkit finds one dataset (through $LRKIT_DATA, which the session then points at
     the stand-ins' folder), the folder links to it: the real files stay visible."""
-    real = SUITE_DATASETS[1]
-    real.write_small(tmp_path / "real" / real.name)  # no marker: counts as real here
+    shakespeare = suite_dataset("tinyshakespeare")
+    shakespeare.write_small(tmp_path / "real" / shakespeare.name)  # no marker: counts as real
     monkeypatch.setenv("LRKIT_DATA", str(tmp_path / "real"))
-    assert provide_small_data(tmp_path / "data") == [SUITE_DATASETS[0].name]
+    assert provide_small_data(tmp_path / "data") == ["fashion-mnist"]
     monkeypatch.setenv("LRKIT_DATA", str(tmp_path / "data"))
-    assert real_data_folder(real.name) == (tmp_path / "real" / real.name).resolve()
-    assert real_data_folder(SUITE_DATASETS[0].name) is None
+    assert real_data_folder("tinyshakespeare") == (tmp_path / "real" / shakespeare.name).resolve()
+    assert real_data_folder("fashion-mnist") is None
