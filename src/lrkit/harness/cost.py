@@ -17,13 +17,16 @@ peak-memory children use the same number.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue as queue_module
 import resource
 import signal
 import statistics
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -108,7 +111,6 @@ def _reset_peak_rss() -> bool:
 
 
 def _peak_memory_child(task_name, method, steps, seed, batch_size, threads, queue) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     torch.set_num_threads(threads)
     run, inputs = _setup(task_name, method, steps, seed, batch_size)
     if _reset_peak_rss():
@@ -127,6 +129,21 @@ def _peak_memory_child(task_name, method, steps, seed, batch_size, threads, queu
     queue.put((read_peak() - before) / 1024.0)
 
 
+@contextlib.contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """SIGINT ignored while a child process starts, which inherits that (Python installs its
+    KeyboardInterrupt handler only where SIGINT is not ignored); signals are the main
+    thread's to change, so elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def peak_memory_mb(
     task_name: str, method: str, steps: int, seed: int = 0, batch_size: int | None = None
 ) -> float:
@@ -143,7 +160,8 @@ def peak_memory_mb(
     saved = os.environ.get(MMAP_THRESHOLD_VARIABLE)
     os.environ[MMAP_THRESHOLD_VARIABLE] = "65536"
     try:
-        child.start()
+        with _ctrl_c_ignored():  # from its first instruction: Ctrl-C is the parent's to handle
+            child.start()
     finally:
         if saved is None:
             del os.environ[MMAP_THRESHOLD_VARIABLE]
