@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import lrkit.data.root as data_root
+from data_files import idx_bytes, needs_real_data, real_data_folder
 from lrkit.data import (
     CorruptDataError,
     DataNotFoundError,
@@ -28,22 +29,17 @@ from lrkit.data import (
 )
 from lrkit.data.images import IDX_FILES
 
-REAL_DATA = Path(os.environ.get("LRKIT_DATA") or "/work/shared/data")
 SHAKESPEARE_CHARACTERS = 1_115_394  # karpathy/char-rnn input.txt, as documented
-needs_fashion = pytest.mark.skipif(
-    not (REAL_DATA / "fashion-mnist").is_dir(),
-    reason=f"real Fashion-MNIST not installed under {REAL_DATA}/fashion-mnist",
-)
-needs_shakespeare = pytest.mark.skipif(
-    not (REAL_DATA / "tinyshakespeare" / "input.txt").is_file(),
-    reason=f"Tiny Shakespeare not installed under {REAL_DATA}/tinyshakespeare",
-)
 
 
 @pytest.fixture
 def no_default_places(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No $LRKIT_DATA, and a system data folder that is an empty temporary folder."""
+    """No $LRKIT_DATA; the clone's shared data folder, the user's data folder
+    ($XDG_DATA_HOME/lrkit) and the system data folder are empty temporary folders.
+    Returns the system data folder."""
     monkeypatch.delenv("LRKIT_DATA", raising=False)
+    monkeypatch.setattr(data_root, "CHECKOUT_DATA_DIR", tmp_path / "clone-shared-data")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     system = tmp_path / "system-datasets"
     monkeypatch.setattr(data_root, "SYSTEM_DATA_DIR", system)
     return system
@@ -52,9 +48,10 @@ def no_default_places(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 # ---------------------------------------------------------------- real data
 
 
-@needs_fashion
+@needs_real_data("fashion-mnist")
 def test_real_fashion_mnist(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LRKIT_DATA", str(REAL_DATA))
+    folder = real_data_folder("fashion-mnist")
+    monkeypatch.setenv("LRKIT_DATA", str(folder))
     data = load_fashion_mnist()
     assert data.train_images.shape == (60000, 1, 28, 28)
     assert data.test_images.shape == (10000, 1, 28, 28)
@@ -68,32 +65,27 @@ def test_real_fashion_mnist(monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.equal(data.test_labels.bincount(), torch.full((10,), 1000))
 
     start = time.perf_counter()
-    again = load_fashion_mnist(REAL_DATA)
+    again = load_fashion_mnist(folder)
     assert time.perf_counter() - start < 1.0
     assert again is data
 
 
-@needs_shakespeare
+@needs_real_data("tinyshakespeare")
 def test_real_tiny_shakespeare(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LRKIT_DATA", str(REAL_DATA))
+    folder = real_data_folder("tinyshakespeare")
+    monkeypatch.setenv("LRKIT_DATA", str(folder))
     corpus = load_tiny_shakespeare()
     sizes = [corpus.train.numel(), corpus.valid.numel(), corpus.test.numel()]
     assert sum(sizes) == SHAKESPEARE_CHARACTERS
     assert sizes[1] == int(SHAKESPEARE_CHARACTERS * 0.05) == sizes[2]
     assert len(corpus.vocab) == 65 and list(corpus.vocab) == sorted(corpus.vocab)
     assert corpus.train.dtype == torch.int64
-    text = (REAL_DATA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    text = (folder / "input.txt").read_text(encoding="utf-8")
     every_id = torch.cat([corpus.train, corpus.valid, corpus.test])
     assert "".join(corpus.decode(every_id)) == text
 
 
 # ---------------------------------------------------------------- idx (MNIST)
-
-
-def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
-    magic = 0x0800 + array.ndim if magic is None else magic
-    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
-    return gzip.compress(header + array.astype(np.uint8).tobytes())
 
 
 def write_mnist(folder: Path, num_train: int = 12, num_test: int = 5, seed: int = 0) -> dict:
@@ -392,8 +384,14 @@ def test_missing_data_message(tmp_path: Path, no_default_places: Path) -> None:
     with pytest.raises(DataNotFoundError) as caught:
         load_fashion_mnist()
     message = str(caught.value)
-    assert str(no_default_places / "fashion-mnist") in message
+    for place in (
+        tmp_path / "clone-shared-data" / "fashion-mnist",
+        tmp_path / "xdg-data" / "lrkit" / "fashion-mnist",
+        no_default_places / "fashion-mnist",
+    ):
+        assert f"{place}  (no such folder)" in message
     assert "LRKIT_DATA is not set" in message
+    assert "--data-dir <folder>" in message
     assert "apt-get install dataset-fashion-mnist" in message
     assert all(name in message for name in IDX_FILES)
 
@@ -404,19 +402,60 @@ def test_missing_data_message(tmp_path: Path, no_default_places: Path) -> None:
     assert f"{nowhere}  (no such folder)" in message
     assert str(nowhere / "cifar-10-batches-py") in message
     assert "cifar-10-python.tar.gz" in message
+    assert str(no_default_places) not in message  # an explicit root is the only place
     assert isinstance(caught.value, FileNotFoundError)
 
 
 def test_search_order(tmp_path: Path, no_default_places: Path, monkeypatch) -> None:
-    for place in ("explicit", "env", "system-datasets"):
-        (tmp_path / place / "set").mkdir(parents=True)
-        (tmp_path / place / "set" / "a.txt").write_text(place)
-    assert find_data_dir("set", ["a.txt"], folder_names=["set"]) == no_default_places / "set"
+    def put(place: str) -> Path:
+        folder = tmp_path / place / "set"
+        folder.mkdir(parents=True)
+        (folder / "a.txt").write_text(place)
+        return folder
+
+    def found(root: Path | None = None) -> Path:
+        return find_data_dir("set", ["a.txt"], root, folder_names=["set"])
+
+    (tmp_path / "xdg-data" / "lrkit").mkdir(parents=True)
+    (tmp_path / "xdg-data" / "lrkit" / "a.txt").write_text("loose")
+    with pytest.raises(DataNotFoundError):
+        found()  # a default place is searched for the dataset's folder, not loose files
+    # each place, once it has the files, wins over the places after it
+    system = put("system-datasets")
+    assert found() == system
+    user = put("xdg-data/lrkit")
+    assert found() == user
+    clone = put("clone-shared-data")
+    assert found() == clone
     monkeypatch.setenv("LRKIT_DATA", str(tmp_path / "env"))
-    assert find_data_dir("set", ["a.txt"], folder_names=["set"]) == tmp_path / "env" / "set"
-    found = find_data_dir("set", ["a.txt"], tmp_path / "explicit", folder_names=["set"])
-    assert found == tmp_path / "explicit" / "set"
+    env = put("env")
+    assert found() == env
+    explicit = put("explicit")
+    assert found(tmp_path / "explicit") == explicit
     with pytest.raises(DataNotFoundError, match="b.txt"):
         find_data_dir("set", ["a.txt", "b.txt"], tmp_path / "env", folder_names=["set"])
     with pytest.raises(DataNotFoundError, match="explicit"):
         find_data_dir("set", ["a.txt"], tmp_path / "explicit", folder_names=["other"])
+
+
+def test_user_data_dir_follows_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    assert data_root.user_data_dir() == tmp_path / "home" / ".local" / "share" / "lrkit"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/data")  # ignored, as the XDG spec says
+    assert data_root.user_data_dir() == tmp_path / "home" / ".local" / "share" / "lrkit"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert data_root.user_data_dir() == tmp_path / "xdg" / "lrkit"
+
+
+def test_clone_data_folder_only_for_a_clone(tmp_path: Path) -> None:
+    clone_package = tmp_path / "work" / "lrkit-clone" / "src" / "lrkit"
+    clone_package.mkdir(parents=True)
+    assert data_root.checkout_data_dir(clone_package) is None  # no pyproject.toml: no clone
+    (tmp_path / "work" / "lrkit-clone" / "pyproject.toml").write_text("[project]\n")
+    expected = tmp_path / "work" / "shared" / "data"
+    assert data_root.checkout_data_dir(clone_package) == expected
+    installed = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "lrkit"
+    installed.mkdir(parents=True)
+    (installed.parents[1] / "pyproject.toml").write_text("[project]\n")
+    assert data_root.checkout_data_dir(installed) is None

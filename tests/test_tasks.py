@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from data_files import needs_real_data
 from lrkit.data import DataNotFoundError
 from lrkit.tasks import TASKS, Task, TaskData, get_task
 from lrkit.tasks.sequence import IGNORE, masked_bit_cross_entropy, repeat_copy_sequences
@@ -103,6 +104,7 @@ def test_registry_rejects_unknown_names_and_bad_options() -> None:
 # ---------------------------------------------------------------------------- vision data
 
 
+@needs_real_data("fashion-mnist")
 def test_fashion_mnist_validation_is_balanced_and_held_out() -> None:
     _, data = load("fmnist_mlp")
     counts = torch.bincount(data.validation_targets, minlength=10)
@@ -268,13 +270,14 @@ def quadratic_excess(task: Task, model: torch.nn.Module, data: TaskData) -> floa
     return task.evaluate(model, data)["test_loss"] - float(floor)
 
 
+REAL_FASHION = needs_real_data("fashion-mnist")
 ACCURACY_RUNS = [
     ("digits_mlp", "Adam", 1e-3, 300, 0.90),
-    ("fmnist_mlp", "Adam", 1e-3, 300, 0.80),
-    ("fmnist_mlp_subset", "Adam", 1e-3, 300, 0.80),
-    ("fmnist_mlp2", "Adam", 1e-3, 300, 0.80),
-    ("fmnist_2c2d", "Adam", 1e-3, 100, 0.75),
-    ("fmnist_resnet", "Adam", 1e-3, 150, 0.75),
+    pytest.param("fmnist_mlp", "Adam", 1e-3, 300, 0.80, marks=REAL_FASHION),
+    pytest.param("fmnist_mlp_subset", "Adam", 1e-3, 300, 0.80, marks=REAL_FASHION),
+    pytest.param("fmnist_mlp2", "Adam", 1e-3, 300, 0.80, marks=REAL_FASHION),
+    pytest.param("fmnist_2c2d", "Adam", 1e-3, 100, 0.75, marks=REAL_FASHION),
+    pytest.param("fmnist_resnet", "Adam", 1e-3, 150, 0.75, marks=REAL_FASHION),
 ]
 
 
@@ -289,6 +292,7 @@ def test_classifier_trains_to_a_sensible_accuracy(
 
 
 @pytest.mark.slow
+@needs_real_data("tinyshakespeare")
 def test_shakespeare_lstm_learns_well_below_uniform() -> None:
     task, data = load("shakespeare_char_lstm")
     model = train(task, data, "Adam", 3e-3, 400)

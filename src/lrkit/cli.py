@@ -1,14 +1,29 @@
-"""The ``lrkit`` command line: list, bench, report, cost, train."""
+"""The ``lrkit`` command line: list, bench, report, cost, train.
+
+Every command takes ``--data-dir DIR`` (where the datasets are: sets ``$LRKIT_DATA`` for the
+command and the processes it starts) and ``--threads N`` (torch's intra-op threads, 1 unless
+given: float32 results differ in the last bits between thread counts, and the methods that
+estimate their own step size amplify that, so a fixed count keeps every run reproducible),
+before or after the command's name. A missing optional package is a one-line error naming the
+extra to install (exit status 2); Ctrl-C exits with status 130.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
 
 import lrkit
+from lrkit.data.root import ENV_VAR as DATA_ENV_VAR
+from lrkit.errors import MissingExtraError
+
+DEFAULT_THREADS = 1
 
 
 def _csv(text: str) -> list[str]:
@@ -72,7 +87,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         suite = select(suite, tasks=_csv(args.tasks or ""), methods=_csv(args.methods or ""))
     command = shlex.join(["lrkit", *args.argv])
     workers = args.workers or default_workers()
-    threads = args.threads or max(1, default_workers() // workers)
+    threads = getattr(args, "threads", None) or max(1, default_workers() // workers)
     executor = make_executor(args.backend, workers, threads, code_state(), args.ray_address)
     try:
         results = run_suite(
@@ -91,6 +106,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     finally:
         executor.close()
     write_report(results, Path(args.out), suite)
+    _note_missing_plots()
     held = [c for c in results.get("claims", []) if c["held"]]
     print(
         f"lrkit bench {suite.name}: {len(results['runs'])} runs in "
@@ -116,19 +132,45 @@ def cmd_report(args: argparse.Namespace) -> int:
     finalize(results, suite)
     results_file.write_text(json.dumps(results, separators=(",", ":")))
     report = write_report(results, out, suite)
+    _note_missing_plots()
     print(f"wrote {report}")
     return 0
 
 
-def cmd_cost(args: argparse.Namespace) -> int:
-    from lrkit.harness.cost import measure_cost
+def _note_missing_plots() -> None:
+    """The report is complete without its plots; say how to get them."""
+    if importlib.util.find_spec("matplotlib") is None:
+        print(
+            "lrkit: the report has no plots: they need the package 'matplotlib': "
+            "pip install 'lrkit[plots]'",
+            file=sys.stderr,
+        )
 
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    import torch
+
+    from lrkit.harness.cost import measure_cost, with_bases
+
+    methods = _csv(args.methods)
+    bases = [name for name in with_bases(methods) if name not in methods]
+    threads = torch.get_num_threads()
+    print(
+        f"lrkit cost {args.task}: {', '.join(methods)}"
+        + (f" (+ bases {', '.join(bases)})" if bases else "")
+        + f"; {args.steps} timed steps after {args.warmup} warm-up, interleaved in one process "
+        f"(single worker: the timings need a quiet machine) with {threads} torch "
+        f"thread{'s' if threads != 1 else ''} (--threads N to change)"
+        + ("" if args.no_memory else "; then peak memory, one child process per method"),
+        flush=True,
+    )
     rows = measure_cost(
         args.task,
-        _csv(args.methods),
+        methods,
         steps=args.steps,
         warmup=args.warmup,
         memory=not args.no_memory,
+        progress=not args.no_progress,
     )
     print(f"{'method':20s} {'base':12s} {'ms/step':>9s} {'ratio':>7s} {'peak MB':>8s}")
     for row in rows:
@@ -145,6 +187,8 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from lrkit.harness.distributed import distributed_context
     from lrkit.harness.results import RunConfig
     from lrkit.harness.training import train
@@ -169,6 +213,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                         "final": record["final"],
                         "diverged": record["diverged"],
                         "steps_done": record["steps_done"],
+                        "threads": torch.get_num_threads(),
                     }
                 )
             )
@@ -182,9 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lrkit", description="Learned learning rates for PyTorch: methods and benchmarks."
     )
     parser.add_argument("--version", action="version", version=f"lrkit {lrkit.__version__}")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
-    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list tasks, methods and suites")
@@ -227,13 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("cost", help="step time and memory of methods vs their base optimizer")
+    p = sub.add_parser(
+        "cost",
+        help="step time and memory of methods vs their base optimizer",
+        description="Times every method's full training step against its base optimizer, "
+        "interleaved step by step in one process, then measures each method's peak memory in "
+        "a child process. It runs single-worker (the timings need a quiet machine) with 1 "
+        "torch thread unless --threads N says otherwise.",
+    )
     p.add_argument("--task", required=True)
     p.add_argument("--methods", required=True, help="comma-separated; bases are added")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     p.add_argument("--json", help="write the rows to this file")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("train", help="one training run (works under torchrun)")
@@ -249,14 +299,85 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    for command_parser in (parser, *sub.choices.values()):
+        _add_process_options(command_parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else list(argv)
-    if args.threads is not None:
-        import torch
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
-        torch.set_num_threads(args.threads)
-    return args.func(args)
+
+def _add_process_options(parser: argparse.ArgumentParser) -> None:
+    """--data-dir and --threads, accepted before and after a command's name (SUPPRESS: an
+    option given before the name is not reset by the command's parser)."""
+    group = parser.add_argument_group("data and threads (before or after the command)")
+    group.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help=f"the folder that holds the datasets (sets ${DATA_ENV_VAR} for this command); "
+        f"default: ${DATA_ENV_VAR}, then ../shared/data beside a clone of lrkit, "
+        "~/.local/share/lrkit, /usr/share/datasets",
+    )
+    group.add_argument(
+        "--threads",
+        metavar="N",
+        type=_positive_int,
+        default=argparse.SUPPRESS,
+        help=f"torch intra-op threads (default {DEFAULT_THREADS}: results do not depend on "
+        "the machine's core count)",
+    )
+
+
+@contextlib.contextmanager
+def _process_settings(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """Sets $LRKIT_DATA (from --data-dir) and torch's threads for the command, and restores
+    both afterwards (``main`` may be called in-process, by tests or a notebook)."""
+    import torch
+
+    saved_data, saved_threads = os.environ.get(DATA_ENV_VAR), torch.get_num_threads()
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None:
+        folder = Path(data_dir).expanduser()
+        if not folder.is_dir():
+            parser.error(f"--data-dir {data_dir}: no such folder")
+        os.environ[DATA_ENV_VAR] = str(folder.resolve())
+    torch.set_num_threads(getattr(args, "threads", DEFAULT_THREADS))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved_threads)
+        if saved_data is None:
+            os.environ.pop(DATA_ENV_VAR, None)
+        else:
+            os.environ[DATA_ENV_VAR] = saved_data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        with _process_settings(args, parser):
+            return args.func(args)
+    except MissingExtraError as error:
+        print(f"lrkit {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{_interrupted(args)}", file=sys.stderr)
+        return 130
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves behind: for bench, the finished runs and how to resume from them."""
+    if args.command == "bench":
+        return (
+            f"lrkit bench: interrupted; the finished runs are kept in "
+            f"{Path(args.out) / 'runs'}, and the same command resumes from them: "
+            f"{shlex.join(['lrkit', *args.argv])}"
+        )
+    return f"lrkit {args.command}: interrupted"

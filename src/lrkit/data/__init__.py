@@ -1,7 +1,8 @@
 """Datasets as in-memory tensors, hold-out splits, label noise and image corruptions.
 
-Nothing is downloaded: loaders read standard files from ``root``, ``$LRKIT_DATA`` or
-``/usr/share/datasets`` (see :func:`find_data_dir`).
+Nothing is downloaded: loaders read standard files from ``root``, ``$LRKIT_DATA`` or the
+default places (``../shared/data`` beside a clone, ``~/.local/share/lrkit``,
+``/usr/share/datasets``; see :mod:`lrkit.data.root`).
 """
 
 from lrkit.data.batches import Batch, iterate_batches
@@ -15,7 +16,7 @@ from lrkit.data.images import (
     load_mnist,
 )
 from lrkit.data.noise import NoisyLabels, pair_flip_noise, uniform_label_noise
-from lrkit.data.root import CorruptDataError, DataNotFoundError, find_data_dir
+from lrkit.data.root import CorruptDataError, DataNotFoundError, find_data_dir, search_key
 from lrkit.data.splits import balanced_holdout, stratified_holdout
 from lrkit.data.text import TextCorpus, load_ptb, load_tiny_shakespeare
 
@@ -40,6 +41,7 @@ __all__ = [
     "load_ptb",
     "load_tiny_shakespeare",
     "pair_flip_noise",
+    "search_key",
     "stratified_holdout",
     "uniform_label_noise",
 ]

@@ -24,6 +24,7 @@ import torch
 
 from lrkit.data.root import CorruptDataError, file_signature, find_data_dir
 from lrkit.data.splits import stratified_holdout
+from lrkit.errors import MissingExtraError
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -319,10 +320,12 @@ def load_cifar100(
 def _load_digits_cached(test_fraction: float, seed: int) -> ImageData:
     try:
         from sklearn.datasets import load_digits as sklearn_load_digits
-    except ImportError as error:
-        raise ImportError(
-            "load_digits needs scikit-learn (its 8×8 digits ship with it, no download): "
-            "pip install scikit-learn, or pip install 'lrkit[sklearn]'"
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] != "sklearn":
+            raise  # scikit-learn is installed but lacks a dependency: its own error says which
+        raise MissingExtraError(
+            "the digits data (task digits_mlp, load_digits) need the package 'scikit-learn', "
+            "which ships them: pip install 'lrkit[sklearn]'"
         ) from error
     bunch = sklearn_load_digits()
     images = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32) / 16.0).unsqueeze(1)

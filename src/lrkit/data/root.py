@@ -3,12 +3,20 @@
 lrkit never downloads anything. A loader looks for its files, in this order:
 
 1. an explicit ``root`` argument: the folder itself, or ``root/<folder_name>``;
-2. the environment variable ``$LRKIT_DATA``: the folder itself, or ``$LRKIT_DATA/<folder_name>``;
-3. the system location ``/usr/share/datasets/<folder_name>`` (where Debian's
+2. the environment variable ``$LRKIT_DATA`` (what the CLI's ``--data-dir`` sets): the folder
+   itself, or ``$LRKIT_DATA/<folder_name>``;
+3. for lrkit run from a clone of its repository (an editable install, or ``src`` on the
+   path), ``<clone>/../shared/data/<folder_name>``: the team's machines keep the offline
+   data in a folder ``shared/data`` beside the clones;
+4. the user's data folder ``$XDG_DATA_HOME/lrkit/<folder_name>``
+   (``~/.local/share/lrkit/<folder_name>`` when ``$XDG_DATA_HOME`` is unset);
+5. the system location ``/usr/share/datasets/<folder_name>`` (where Debian's
    ``dataset-*`` packages install, e.g. ``apt-get install dataset-fashion-mnist``).
 
-An explicit ``root`` is final: when it lacks the files, the loader raises instead of
-falling back to another place, so a run never silently trains on data it was not pointed at.
+The places after ``$LRKIT_DATA`` are searched for ``<folder_name>`` only, never for loose
+files, since several datasets share file names (MNIST and Fashion-MNIST). An explicit
+``root`` is final: when it lacks the files, the loader raises instead of falling back to
+another place, so a run never silently trains on data it was not pointed at.
 """
 
 from __future__ import annotations
@@ -19,6 +27,28 @@ from pathlib import Path
 
 ENV_VAR = "LRKIT_DATA"
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")
+
+
+def checkout_data_dir(package: Path) -> Path | None:
+    """``<clone>/../shared/data`` when the lrkit package folder ``package`` is
+    ``<clone>/src/lrkit`` of a clone of the repository (``<clone>/pyproject.toml`` exists),
+    else None (an installed wheel)."""
+    clone = package.parents[1]
+    if package.parent.name == "src" and (clone / "pyproject.toml").is_file():
+        return clone.parent / "shared" / "data"
+    return None
+
+
+CHECKOUT_DATA_DIR = checkout_data_dir(Path(__file__).resolve().parents[1])
+
+
+def user_data_dir() -> Path:
+    """``$XDG_DATA_HOME/lrkit``, or ``~/.local/share/lrkit`` when ``$XDG_DATA_HOME`` is unset,
+    empty or relative (the XDG Base Directory rule)."""
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share"
+    return base / "lrkit"
+
 
 _HOW_TO_GET = {
     "fashion-mnist": (
@@ -61,6 +91,17 @@ class CorruptDataError(ValueError):
     inconsistent counts, missing keys)."""
 
 
+def search_key(root: str | Path | None) -> tuple[str | None, ...]:
+    """Everything the search for a dataset depends on (the explicit root, ``$LRKIT_DATA``,
+    the user's data folder): a cache of loaded data keyed on it never serves data from a
+    place the current search would not look in."""
+    return (
+        None if root is None else str(root),
+        os.environ.get(ENV_VAR),
+        str(user_data_dir()),
+    )
+
+
 def _candidates(root: str | Path | None, folder_names: Sequence[str]) -> list[Path]:
     def with_subfolders(base: Path) -> list[Path]:
         return [base, *(base / name for name in folder_names)]
@@ -71,7 +112,9 @@ def _candidates(root: str | Path | None, folder_names: Sequence[str]) -> list[Pa
     env_root = os.environ.get(ENV_VAR)
     if env_root:
         places += with_subfolders(Path(env_root).expanduser())
-    places += [SYSTEM_DATA_DIR / name for name in folder_names]
+    shared = [CHECKOUT_DATA_DIR] if CHECKOUT_DATA_DIR is not None else []
+    for base in (*shared, user_data_dir(), SYSTEM_DATA_DIR):
+        places += [base / name for name in folder_names]
     return places
 
 
@@ -89,9 +132,10 @@ def find_data_dir(
     """The first folder that holds every one of ``required_files``.
 
     Looks in ``root`` and ``root/<folder_name>`` when ``root`` is given (and nowhere else);
-    otherwise in ``$LRKIT_DATA``, ``$LRKIT_DATA/<folder_name>`` and
-    ``/usr/share/datasets/<folder_name>``. Raises :class:`DataNotFoundError` naming every
-    place looked, the files expected, and how to obtain ``dataset``.
+    otherwise in ``$LRKIT_DATA``, ``$LRKIT_DATA/<folder_name>``, then ``<folder_name>`` in
+    ``<clone>/../shared/data`` (lrkit run from a clone), the user's data folder
+    (:func:`user_data_dir`) and ``/usr/share/datasets``. Raises :class:`DataNotFoundError`
+    naming every place looked, the files expected, and how to obtain ``dataset``.
     """
     places = _candidates(root, folder_names)
     for folder in places:
@@ -112,8 +156,10 @@ def find_data_dir(
     lines.append(f"to get them: {how};")
     subfolders = " or ".join(f"<folder>/{name}" for name in folder_names)
     lines.append(
-        f"then pass root=<folder> or set {ENV_VAR}=<folder>, where the files are in <folder>"
+        f"then pass --data-dir <folder> (CLI) or root=<folder> (Python), or set "
+        f"{ENV_VAR}=<folder>, where the files are in <folder>"
         + (f" or {subfolders}" if subfolders else "")
+        + (f"; or put them in {user_data_dir() / folder_names[0]}" if folder_names else "")
         + ". lrkit never downloads data."
     )
     raise DataNotFoundError("\n".join(lines))

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from lrkit.errors import MissingExtraError
 from lrkit.harness.claims import evaluate_claims, evaluate_cost_claims
 from lrkit.harness.cost import measure_cost
 from lrkit.harness.executors import Executor, LocalExecutor, write_json
@@ -71,6 +72,7 @@ def environment(threads: int, workers: int, backend: str) -> dict[str, Any]:
         "torch_threads": threads,
         "workers": workers,
         "backend": backend,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cuda": torch.cuda.is_available(),
     }
 
@@ -318,7 +320,7 @@ def check_available(suite: Suite) -> None:
         for contender in experiment.contenders:
             spec = get_method(contender.method)
             if not spec.available:
-                raise ImportError(
+                raise MissingExtraError(
                     f"suite {suite.name!r} uses {contender.method!r}, which is not available "
                     f"(needs {spec.requires or 'an implementation'}); pip install "
                     f"'lrkit[{spec.extra}]' or leave it out with --methods"

@@ -8,18 +8,30 @@ step, its ratio to the base's median from the same run, and peak memory: the inc
 the peak resident set size of a child process that runs only that method, measured from
 just before its first step (the peak mark is reset after setup; the harness runs on the
 CPU): what the method's training adds — gradients, optimizer state, activations.
+
+The timing runs in one process, never in parallel workers: interleaved timings are only
+comparable when nothing else competes for the cores. It uses torch's current number of
+intra-op threads (the CLI sets 1 unless ``--threads``); each row records it, and the
+peak-memory children use the same number.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue as queue_module
 import resource
+import signal
 import statistics
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import torch
+
+from lrkit.harness.progress import progress_bar
 from lrkit.harness.setup import PreparedRun, prepare_run
 from lrkit.methods import get_method
 from lrkit.methods.contract import StepInputs
@@ -54,11 +66,14 @@ def measure_step_times(
     warmup: int = 5,
     seed: int = 0,
     batch_size: int | None = None,
+    progress: bool = False,
 ) -> dict[str, list[float]]:
-    """Interleaved per-step wall times (ms) of each method, same batches for all."""
+    """Interleaved per-step wall times (ms) of each method, same batches for all; with
+    ``progress``, a bar over the rounds (one step of every method)."""
     total = warmup + steps
     setups = {m: _setup(task_name, m, total, seed, batch_size) for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
+    bar = progress_bar(total, f"timing {len(methods)} methods on {task_name}", progress, "round")
     for step in range(total):
         order = methods[step % len(methods) :] + methods[: step % len(methods)]
         for method in order:
@@ -68,6 +83,8 @@ def measure_step_times(
             elapsed = (time.perf_counter() - started) * 1e3
             if step >= warmup:
                 times[method].append(elapsed)
+        bar.update()
+    bar.close()
     return times
 
 
@@ -93,7 +110,8 @@ def _reset_peak_rss() -> bool:
     return _status_kib("VmHWM") is not None
 
 
-def _peak_memory_child(task_name, method, steps, seed, batch_size, queue) -> None:
+def _peak_memory_child(task_name, method, steps, seed, batch_size, threads, queue) -> None:
+    torch.set_num_threads(threads)
     run, inputs = _setup(task_name, method, steps, seed, batch_size)
     if _reset_peak_rss():
         before = _status_kib("VmRSS")
@@ -111,37 +129,60 @@ def _peak_memory_child(task_name, method, steps, seed, batch_size, queue) -> Non
     queue.put((read_peak() - before) / 1024.0)
 
 
+@contextlib.contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """SIGINT ignored while a child process starts, which inherits that (Python installs its
+    KeyboardInterrupt handler only where SIGINT is not ignored); signals are the main
+    thread's to change, so elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def peak_memory_mb(
     task_name: str, method: str, steps: int, seed: int = 0, batch_size: int | None = None
 ) -> float:
-    """Peak memory growth (MiB) of a fresh process running only ``method``."""
+    """Peak memory growth (MiB) of a fresh process running only ``method``, with this
+    process's number of torch threads."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child = context.Process(
-        target=_peak_memory_child, args=(task_name, method, steps, seed, batch_size, queue)
+        target=_peak_memory_child,
+        args=(task_name, method, steps, seed, batch_size, torch.get_num_threads(), queue),
     )
     # glibc serves allocations above this size with mmap and returns them on free, so the
     # child's resident set follows its live tensors instead of keeping freed setup memory.
     saved = os.environ.get(MMAP_THRESHOLD_VARIABLE)
     os.environ[MMAP_THRESHOLD_VARIABLE] = "65536"
     try:
-        child.start()
+        with _ctrl_c_ignored():  # from its first instruction: Ctrl-C is the parent's to handle
+            child.start()
     finally:
         if saved is None:
             del os.environ[MMAP_THRESHOLD_VARIABLE]
         else:
             os.environ[MMAP_THRESHOLD_VARIABLE] = saved
-    while True:
-        try:
-            value = queue.get(timeout=1.0)
-            break
-        except queue_module.Empty:
-            if not child.is_alive():
-                raise RuntimeError(
-                    f"the peak-memory process for {method!r} on {task_name!r} exited with code "
-                    f"{child.exitcode} before reporting"
-                ) from None
-    child.join()
+    try:
+        while True:
+            try:
+                value = queue.get(timeout=1.0)
+                break
+            except queue_module.Empty:
+                if not child.is_alive():
+                    raise RuntimeError(
+                        f"the peak-memory process for {method!r} on {task_name!r} exited with "
+                        f"code {child.exitcode} before reporting"
+                    ) from None
+    except BaseException:  # Ctrl-C included: never leave the child running
+        child.terminate()
+        raise
+    finally:
+        child.join()
     return float(value)
 
 
@@ -154,16 +195,25 @@ def measure_cost(
     batch_size: int | None = None,
     memory: bool = True,
     repeats: int = 3,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Rows with keys method, base, ms_per_step, ratio_to_base (the median over ``repeats``
-    interleaved measurements of the ratio of medians), ratio_min, ratio_max, repeats and
-    peak_memory_mb."""
+    """Rows with keys task, method, base, ms_per_step, ratio_to_base (the median over
+    ``repeats`` interleaved measurements of the ratio of medians), ratio_min, ratio_max,
+    repeats, peak_memory_mb, steps and threads (torch's intra-op threads during the
+    timing). ``progress``: bars over the timing rounds and the peak-memory children."""
     names = with_bases(methods)
     medians: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):
-        times = measure_step_times(task_name, names, steps, warmup, seed, batch_size)
+        times = measure_step_times(task_name, names, steps, warmup, seed, batch_size, progress)
         for name, values in times.items():
             medians[name].append(statistics.median(values))
+    peaks: dict[str, float | None] = dict.fromkeys(names)
+    if memory:
+        bar = progress_bar(len(names), "peak memory, one process per method", progress, "method")
+        for name in names:
+            peaks[name] = peak_memory_mb(task_name, name, min(steps, 20), seed, batch_size)
+            bar.update()
+        bar.close()
     rows = []
     for name in names:
         base = get_method(name).base
@@ -182,12 +232,9 @@ def measure_cost(
                 "ratio_min": None if ratios is None else min(ratios),
                 "ratio_max": None if ratios is None else max(ratios),
                 "repeats": repeats,
-                "peak_memory_mb": (
-                    peak_memory_mb(task_name, name, min(steps, 20), seed, batch_size)
-                    if memory
-                    else None
-                ),
+                "peak_memory_mb": peaks[name],
                 "steps": steps,
+                "threads": torch.get_num_threads(),
             }
         )
     return rows

@@ -2,22 +2,26 @@
 
 Every run records its code state — the git commit of the lrkit source tree, plus a digest of
 uncommitted changes to it when the tree is dirty — and the lrkit version; results.json also
-records the versions of torch and of every optional package that can change a number. A
-bench resumes only runs recorded by the same code state, unless asked to mix.
+records the versions of the packages whose code changes the numbers (:func:`package_versions`),
+so that a number that moves between two runs can be traced to a package that changed (or
+shown not to come from one). A bench resumes only runs recorded by the same code state,
+unless asked to mix.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
+import re
 import subprocess
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import lrkit
+from lrkit.methods import METHODS
 
-PACKAGES = (
+RECORDED_PACKAGES = (
     "torch",
     "numpy",
     "scipy",
@@ -73,12 +77,29 @@ def code_state() -> dict[str, Any]:
     return state
 
 
+def _canonical(distribution: str) -> str:
+    """The normalised distribution name (PEP 503): ``Dog_Optimizer`` → ``dog-optimizer``."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def package_versions() -> dict[str, str | None]:
-    """The installed version of torch and of every package that can change a result."""
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    """Distribution name → installed version, or None when it is not installed.
+
+    Covers :data:`RECORDED_PACKAGES` (torch, numpy, scipy's Levenberg–Marquardt,
+    scikit-learn's digits, the learning-rate-free peers) and the distribution of every
+    registered method's optional package (``MethodSpec.requires``), so that a peer added to
+    the registry is recorded without editing this list.
+    """
+    providers = metadata.packages_distributions()
+    names = list(RECORDED_PACKAGES)
+    for spec in METHODS.values():
+        if spec.requires is not None:
+            names += providers.get(spec.requires, [])
+    return {name: _version(name) for name in dict.fromkeys(map(_canonical, names))}

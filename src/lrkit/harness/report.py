@@ -11,7 +11,13 @@ from typing import Any
 
 from lrkit.harness.experiments import Suite
 from lrkit.harness.plots import plot_experiment, plot_sensitivity, plot_verdicts
-from lrkit.harness.results import ExperimentResult, experiment_results, fmt, mean_std
+from lrkit.harness.results import (
+    ExperimentResult,
+    experiment_results,
+    fmt,
+    format_value,
+    mean_std,
+)
 from lrkit.harness.statistics import CONFIDENCE, MIN_SEEDS
 from lrkit.harness.tuning import TUNING_SEED
 from lrkit.methods import METHODS
@@ -19,23 +25,22 @@ from lrkit.methods import METHODS
 VERDICT_WORDS = {True: "held", False: "did not hold", None: "undecided"}
 
 
+def _level(text: str) -> str:
+    """A loss level as a share of the initial loss: 0.01 → "1 %", 1e-06 → "1e-6"."""
+    level = float(text)
+    if level >= 1e-3:
+        return f"{level * 100:g} %"
+    return format_value(level)
+
+
 def metric_heading(metric: str) -> str:
-    """Column headings that say what they measure."""
+    """Column headings that say what they measure (seeds that never got there are left out
+    and counted as n/N)."""
     if metric.startswith("steps_to_"):
-        level = float(metric.removeprefix("steps_to_"))
-        return f"steps to {level:.0e} × initial loss".replace("e-0", "e-")
+        return f"steps to {_level(metric.removeprefix('steps_to_'))} of the initial loss"
     if metric.startswith("time_to_"):
-        level = float(metric.removeprefix("time_to_"))
-        return f"seconds to {level:.0e} × initial loss".replace("e-0", "e-")
+        return f"time (s) to {_level(metric.removeprefix('time_to_'))} of the initial loss"
     return metric
-
-
-def format_value(value: Any) -> str:
-    """Hyperparameter values one way: numbers with 4 significant digits (scientific when
-    small or large), everything else as written."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    return fmt(float(value))
 
 
 def _hyperparameters(label: str, method: str, hparams: dict[str, Any]) -> str:

@@ -158,11 +158,21 @@ def reported_record(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "curve": downsample(record["curve"], REPORTED_CURVE_POINTS)}
 
 
+def format_value(value: Any) -> str:
+    """Hyperparameter values one way: compact scientific notation below 0.01 and from 1000
+    (1e-5, 3e-4, 1.5e-3), plain otherwise (0.03, 0.15, 1); everything else as written."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    number = float(value)
+    if number != 0 and (abs(number) < 1e-2 or abs(number) >= 1e3):
+        mantissa, exponent = f"{number:.3e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{number:.4g}"
+
+
 def hparam_text(hparams: dict[str, Any]) -> str:
-    """``lr=0.01,schedule=multistep``: hyperparameters as one short string."""
-    return ",".join(
-        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in hparams.items()
-    )
+    """``lr=1e-5,schedule=multistep``: hyperparameters as one short string."""
+    return ",".join(f"{k}={format_value(v)}" for k, v in hparams.items())
 
 
 def grid_points(contender: Contender) -> list[dict[str, Any]]:

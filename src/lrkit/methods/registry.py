@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import torch
 
+from lrkit.errors import MissingExtraError
 from lrkit.methods.contract import (
     AveragerFactory,
     BuildContext,
@@ -25,10 +26,6 @@ from lrkit.methods.contract import (
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 MethodKind = Literal["baseline", "peer", "lrkit", "solver", "example", "reserved"]
-
-
-class MissingExtraError(ImportError):
-    """An optional dependency is not installed; the message names the extra to install."""
 
 
 @dataclass(frozen=True)

@@ -22,24 +22,24 @@ from functools import lru_cache
 
 from torch import nn
 
-from lrkit.data import load_cifar10, load_cifar100, load_mnist
+from lrkit.data import load_cifar10, load_cifar100, load_mnist, search_key
 from lrkit.tasks import register_task
 from lrkit.tasks.base import Task, TaskData
 from lrkit.tasks.vision import classification_task, l4_mlp, small_resnet, split_task_data
 
 
 @lru_cache(maxsize=2)
-def _mnist_split(root: str | None, validation_per_class: int) -> TaskData:
+def _mnist_split(root: str | None, where: tuple, validation_per_class: int) -> TaskData:
     return split_task_data(load_mnist(root), validation_per_class, None, per_feature=False)
 
 
 @lru_cache(maxsize=2)
-def _cifar10_split(root: str | None, validation_per_class: int) -> TaskData:
+def _cifar10_split(root: str | None, where: tuple, validation_per_class: int) -> TaskData:
     return split_task_data(load_cifar10(root), validation_per_class, None, per_feature=True)
 
 
 @lru_cache(maxsize=2)
-def _cifar100_split(root: str | None, validation_per_class: int) -> TaskData:
+def _cifar100_split(root: str | None, where: tuple, validation_per_class: int) -> TaskData:
     return split_task_data(load_cifar100(root), validation_per_class, None, per_feature=True)
 
 
@@ -71,7 +71,7 @@ def mnist_mlp2(batch_size: int = 64, steps: int = 28000, root: str | None = None
     (≈ 30 epochs), 100 validation images per class held out of the 60,000."""
 
     def data() -> TaskData:
-        cached = _mnist_split(root, 100)
+        cached = _mnist_split(root, search_key(root), 100)
         return replace(cached, extras=dict(cached.extras))
 
     return classification_task(
@@ -86,7 +86,7 @@ def cifar10_resnet32(batch_size: int = 128, steps: int = 64000, root: str | None
     out of the 50,000 training images."""
 
     def data() -> TaskData:
-        cached = _cifar10_split(root, 100)
+        cached = _cifar10_split(root, search_key(root), 100)
         return replace(cached, extras=dict(cached.extras))
 
     return classification_task(
@@ -108,7 +108,7 @@ def cifar10_vgg11bn(
     images per class held out of the training images."""
 
     def data() -> TaskData:
-        cached = _cifar10_split(root, 100)
+        cached = _cifar10_split(root, search_key(root), 100)
         return replace(cached, extras=dict(cached.extras))
 
     return classification_task(
@@ -131,7 +131,7 @@ def cifar100_resnet18(
     images per class held out of the training images."""
 
     def data() -> TaskData:
-        cached = _cifar100_split(root, 10)
+        cached = _cifar100_split(root, search_key(root), 10)
         return replace(cached, extras=dict(cached.extras))
 
     return classification_task(

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lrkit.data import load_tiny_shakespeare
+from lrkit.data import load_tiny_shakespeare, search_key
 from lrkit.tasks import register_task
 from lrkit.tasks.base import Task, TaskData, classification_metrics
 from lrkit.tasks.vision import build_seeded
@@ -57,7 +57,7 @@ def text_windows(tokens: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torc
 
 
 @lru_cache(maxsize=4)
-def _shakespeare_windows(root: str | None, seq_len: int) -> TaskData:
+def _shakespeare_windows(root: str | None, where: tuple, seq_len: int) -> TaskData:
     corpus = load_tiny_shakespeare(root)
     train, validation, test = (
         text_windows(part, seq_len) for part in (corpus.train, corpus.valid, corpus.test)
@@ -98,11 +98,11 @@ def shakespeare_char_lstm(
         raise ValueError(f"shakespeare_char_lstm: seq_len must be positive, got {seq_len}")
 
     def data_factory(_: int) -> TaskData:
-        cached = _shakespeare_windows(root, seq_len)
+        cached = _shakespeare_windows(root, search_key(root), seq_len)
         return replace(cached, extras=dict(cached.extras))
 
     def model_factory(generator: torch.Generator) -> nn.Module:
-        vocab_size = _shakespeare_windows(root, seq_len).num_classes
+        vocab_size = _shakespeare_windows(root, search_key(root), seq_len).num_classes
         return build_seeded(generator, lambda: CharLSTM(vocab_size, embedding_dim, hidden_size))
 
     def metrics_fn(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> dict:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lrkit.data import ImageData, balanced_holdout, load_digits, load_fashion_mnist
+from lrkit.data import ImageData, balanced_holdout, load_digits, load_fashion_mnist, search_key
 from lrkit.tasks import register_task
 from lrkit.tasks.base import Task, TaskData
 
@@ -86,7 +86,7 @@ def split_task_data(
 
 @lru_cache(maxsize=4)
 def _fashion_mnist_split(
-    root: str | None, validation_per_class: int, train_per_class: int | None
+    root: str | None, where: tuple, validation_per_class: int, train_per_class: int | None
 ) -> TaskData:
     images = load_fashion_mnist(root)
     return split_task_data(images, validation_per_class, train_per_class, per_feature=False)
@@ -96,8 +96,9 @@ def fashion_mnist_data(
     root: str | None = None, validation_per_class: int = 100, train_per_class: int | None = None
 ) -> TaskData:
     """Fashion-MNIST with a balanced validation hold-out, standardised with the kept training
-    images' mean and std (one scalar each). Cached; a new TaskData sharing the tensors."""
-    cached = _fashion_mnist_split(root, validation_per_class, train_per_class)
+    images' mean and std (one scalar each). Cached per data search (:func:`search_key`); a
+    new TaskData sharing the tensors."""
+    cached = _fashion_mnist_split(root, search_key(root), validation_per_class, train_per_class)
     return replace(cached, extras=dict(cached.extras))
 
 
