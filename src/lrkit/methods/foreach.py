@@ -79,14 +79,17 @@ def squared_norms(xs: Sequence[Tensor]) -> list[Tensor]:
 
 
 def weighted_sum(
-    values: Sequence[Tensor], weights: Sequence[float], device: torch.device
+    values: Sequence[Tensor] | Tensor, weights: Sequence[float], device: torch.device
 ) -> Tensor:
-    """Σ_i weights[i]·values[i], a 0-dim tensor of the scalar dtype on ``device`` (zero when
-    there are no values)."""
+    """Σ_i weights[i]·values[i] — ``values`` 0-dim tensors or one vector — as a 0-dim tensor
+    of the scalar dtype on ``device`` (zero when there are no values)."""
     dtype = scalar_dtype(device)
-    if not values:
+    if len(values) == 0:
         return torch.zeros((), dtype=dtype, device=device)
-    stacked = torch.stack([v.to(device=device, dtype=dtype) for v in values])
+    if isinstance(values, Tensor):
+        stacked = values.to(device=device, dtype=dtype)
+    else:
+        stacked = torch.stack([v.to(device=device, dtype=dtype) for v in values])
     if len(set(weights)) == 1:
         return stacked.sum() * weights[0]
     return (stacked * torch.tensor(list(weights), dtype=dtype, device=device)).sum()

@@ -166,10 +166,17 @@ def check_own_entry(
 
 
 def check_indexed(
-    entries: Any, params: Sequence[Tensor], *, who: str, what: str, tensors: Collection[str] = ()
+    entries: Any,
+    params: Sequence[Tensor],
+    *,
+    who: str,
+    what: str,
+    tensors: Collection[str] = (),
+    counts: str | None = None,
 ) -> None:
     """``entries`` maps parameter indices to a tensor of the parameter's shape (``tensors``
-    empty) or to a dict whose ``tensors`` keys are such tensors."""
+    empty) or to a dict in which each of ``tensors`` that is present is such a tensor and
+    ``counts`` (if named) is an int >= 1."""
     if not isinstance(entries, Mapping):
         raise _refuse(who, f"the {what} must be a dict by parameter index")
     for index, entry in entries.items():
@@ -179,9 +186,13 @@ def check_indexed(
                 f"the state dict has {what} for parameter index {index!r}, but this optimizer has "
                 f"{len(params)} parameters; build it over the same parameters",
             )
-        if tensors and not isinstance(entry, Mapping):
+        if (tensors or counts) and not isinstance(entry, Mapping):
             raise _refuse(who, f"the {what} of parameter {index} is not a dict")
-        values = [entry.get(name) for name in tensors] if tensors else [entry]
+        if counts is not None:
+            count = entry.get(counts)
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise _refuse(who, f"the {what} of parameter {index} has {counts} {count!r}")
+        values = [entry[name] for name in tensors if name in entry] if tensors else [entry]
         for value in values:
             if not isinstance(value, Tensor) or value.shape != params[index].shape:
                 found = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__

@@ -96,6 +96,23 @@ def check_base_group(
         check_dense_real(param, None, who=who, label=f"parameter {position} of group {index}")
 
 
+def base_gradient_average(
+    base: torch.optim.Optimizer, group: dict[str, Any], beta: float
+) -> str | None:
+    """The name of the per-parameter state in which ``base`` keeps m ← β·m + (1 − β)·g of the
+    raw gradient with decay ``beta`` — torch.optim.AdamW's and Adam's ``exp_avg`` when
+    betas[0] = β (Adam: without coupled weight decay, which would add wd·w to g) — or None.
+    A method that needs that average reads it there instead of keeping a copy (one pass over
+    the parameters and one buffer fewer per step)."""
+    if type(base) is torch.optim.AdamW:
+        decoupled = True
+    elif type(base) is torch.optim.Adam:
+        decoupled = group["weight_decay"] == 0 or group.get("decoupled_weight_decay", False)
+    else:
+        return None
+    return "exp_avg" if decoupled and group["betas"][0] == beta else None
+
+
 class DirectionProbe:
     """Runs ``base.step()`` at lr 1 between a snapshot of the parameters and the step a
     method takes along the base's direction (see the module docstring).
@@ -148,24 +165,24 @@ class DirectionProbe:
                     lr.copy_(value)
                 group["lr"] = lr
 
-    def dots(self, tensors: Sequence[Tensor], params: Sequence[Tensor]) -> list[Tensor]:
-        """[t_i·v_i] for ``params[i]`` (each probed by :meth:`run`), 0-dim float64 tensors:
+    def dots(self, tensors: Sequence[Tensor], params: Sequence[Tensor]) -> Tensor:
+        """[t_i·v_i] for ``params[i]`` (each probed by :meth:`run`) as one float64 vector:
         t·w_before − t·w_after, each product reduced in the tensors' dtype."""
-        dtype = scalar_dtype(params[0].device) if params else torch.float64
-        out = []
-        for tensor, param in zip(tensors, params, strict=True):
-            before = self._before[param]
-            out.append(flat_dot(tensor, before).to(dtype) - flat_dot(tensor, param).to(dtype))
-        return out
+        if not params:
+            return torch.zeros(0, dtype=torch.float64)
+        products = [flat_dot(t, self._before[p]) for t, p in zip(tensors, params, strict=True)]
+        products += [flat_dot(t, p) for t, p in zip(tensors, params, strict=True)]
+        stacked = torch.stack(products).to(scalar_dtype(params[0].device))
+        return stacked[: len(params)] - stacked[len(params) :]
 
-    def exact_dots(self, tensors: Sequence[Tensor], params: Sequence[Tensor]) -> list[Tensor]:
+    def exact_dots(self, tensors: Sequence[Tensor], params: Sequence[Tensor]) -> Tensor:
         """:meth:`dots` with every element in float64 (copies; for when the fast sum left the
         float32 range)."""
         out = []
         for tensor, param in zip(tensors, params, strict=True):
             direction = self._before[param].double() - param.double()
             out.append(torch.dot(tensor.double().reshape(-1), direction.reshape(-1)))
-        return out
+        return torch.stack(out) if out else torch.zeros(0, dtype=torch.float64)
 
     @torch.no_grad()
     def finish(self, step_size: Tensor | None) -> None:

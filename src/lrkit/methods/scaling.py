@@ -103,7 +103,10 @@ class MomentScale:
         """Moves e for this step's gradients (largest element ``max_abs_gradient``, a finite
         number) and returns the shift (new e − old e); then advances the bounds through one EMA
         step with each of the given decays (one per param group; ``second_betas`` empty for a
-        method without a second moment)."""
+        method without a second moment). No dtypes (no buffers to scale): no change."""
+        dtypes = set(dtypes)
+        if not dtypes:
+            return 0
         limits = band(dtypes)
         scaled = max_abs_gradient * 2.0**-self.exponent
         shift = 0

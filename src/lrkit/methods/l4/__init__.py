@@ -117,7 +117,9 @@ register_method(
             "the wrapper's cost against Adam"
         ),
         kind="lrkit",
-        make_optimizer=lambda params, **hparams: L4(torch.optim.Adam(params, eps=1e-4), **hparams),
+        make_optimizer=lambda params, **hparams: L4(
+            torch.optim.Adam(params, eps=1e-4, foreach=True), **hparams
+        ),
         defaults={**L4_DEFAULTS, "grad_beta": 0.9},
         tunable=("alpha",),
         base="adam",

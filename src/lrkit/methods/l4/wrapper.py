@@ -13,13 +13,19 @@ from torch import Tensor
 from lrkit.methods.directions import lazy_state
 from lrkit.methods.foreach import device_dtype_buckets, weighted_sum
 from lrkit.methods.guards import (
+    GradientBatch,
     check_hyperparameters,
     check_loss_and_gradients,
     gradients_by_group,
 )
 from lrkit.methods.l4.rule import EMA_BETA, L4_RULES, L4Rule, LossClosure
 from lrkit.methods.loading import check_indexed, check_optimizer_state, without
-from lrkit.methods.probe import DirectionProbe, check_base_group, check_base_optimizer
+from lrkit.methods.probe import (
+    DirectionProbe,
+    base_gradient_average,
+    check_base_group,
+    check_base_optimizer,
+)
 from lrkit.methods.wrapping import WrapsOptimizer, base_parameters, is_torch_optimizer
 
 WRAPPER_RULES = {**L4_RULES, "grad_beta": EMA_BETA}
@@ -106,39 +112,62 @@ class L4(WrapsOptimizer, L4Rule):
         hparams = self._hparams()
         returned, l4_loss = self._resolve(closure, loss)
         batch = gradients_by_group(self.param_groups, who="L4")
-        params = [p for group in batch.params for p in group]
-        grads = batch.flat_grads()
         largest = check_loss_and_gradients(
             l4_loss,
-            grads,
+            batch.flat_grads(),
             who="L4",
             describe=batch.describe(self.param_groups),
             nonnegative=True,
         )
         self._probe.run()
-        beta = hparams["grad_beta"]
-        shift = self._scale.update(largest, {g.dtype for g in grads}, [beta])
-        self._scale.rescale_(self.state.values(), shift, ("grad_avg",))
-        steps = lazy_state(self.state, params, ("grad_avg",))
-        averages = [self.state[p]["grad_avg"] for p in params]
-        scaled = self._scale.scaled(grads, owned=False)
-        for bucket in device_dtype_buckets(params):
-            torch._foreach_lerp_(
-                [averages[i] for i in bucket], [scaled[i] for i in bucket], 1 - beta
-            )
-        weights = [self._scale.factor / (1.0 - beta**t) for t in steps]
+        params, estimates, weights = self._gradient_estimates(batch, largest, hparams["grad_beta"])
         device = l4_loss.device
-        grad_dot_direction = weighted_sum(self._probe.dots(averages, params), weights, device)
+        grad_dot_direction = weighted_sum(self._probe.dots(estimates, params), weights, device)
         l_min_used, per_alpha, usable = self._step_size(l4_loss, grad_dot_direction, hparams)
         finite, take = torch.stack([torch.isfinite(grad_dot_direction), usable]).tolist()
         if not finite:  # the fast sum left the reduction dtype's range: redo it in float64
-            exact = self._probe.exact_dots(averages, params)
+            exact = self._probe.exact_dots(estimates, params)
             grad_dot_direction = weighted_sum(exact, weights, device)
             l_min_used, per_alpha, usable = self._step_size(l4_loss, grad_dot_direction, hparams)
             take = bool(usable)
         self._probe.finish(per_alpha * hparams["alpha"] if take else None)
         self._record(l4_loss, l_min_used, per_alpha, usable, grad_dot_direction, hparams)
         return returned
+
+    def _gradient_estimates(
+        self, batch: GradientBatch, largest: float, beta: float
+    ) -> tuple[list[Tensor], list[Tensor], list[float]]:
+        """g = m̂ for every parameter with a gradient, as (parameters, EMA tensors, weights):
+        ĝ_i = weights[i]·tensors[i]. The base's own EMA where it keeps one with decay β
+        (:func:`~lrkit.methods.probe.base_gradient_average`: Adam, AdamW), weight
+        1/(1 − β^t); else L4's, kept at the buffers' scale 2^-e, weight 2^e/(1 − β^t). A
+        parameter that switches to L4's own EMA (its base group changed) starts it afresh."""
+        base = self.base_optimizer
+        own_params, own_grads, read_params, read_averages = [], [], [], []
+        for group, params, grads in zip(self.param_groups, batch.params, batch.grads, strict=True):
+            name = base_gradient_average(base, group, beta)
+            for param, grad in zip(params, grads, strict=True):
+                if name is not None and "grad_avg" not in self.state[param]:
+                    read_params.append(param)
+                    read_averages.append(base.state[param][name])
+                    continue
+                if "grad_avg" not in self.state[param]:
+                    self.state[param].clear()
+                own_params.append(param)
+                own_grads.append(grad)
+        shift = self._scale.update(largest, {g.dtype for g in own_grads}, [beta])
+        self._scale.rescale_(self.state.values(), shift, ("grad_avg",))
+        own_steps = lazy_state(self.state, own_params, ("grad_avg",))
+        averages = [self.state[p]["grad_avg"] for p in own_params]
+        scaled = self._scale.scaled(own_grads, owned=False)
+        for bucket in device_dtype_buckets(own_params):
+            torch._foreach_lerp_(
+                [averages[i] for i in bucket], [scaled[i] for i in bucket], 1 - beta
+            )
+        read_steps = lazy_state(self.state, read_params, ())
+        weights = [self._scale.factor / (1.0 - beta**t) for t in own_steps]
+        weights += [1.0 / (1.0 - beta**t) for t in read_steps]
+        return own_params + read_params, averages + read_averages, weights
 
     def state_dict(self) -> dict[str, Any]:
         """The base's state dict plus ``"l4"``: L4's scalars (step, L_min, last η/α, envelope,
@@ -148,7 +177,7 @@ class L4(WrapsOptimizer, L4Rule):
         saved["base"] = self.base_class_name()
         saved["hparams"] = dict(self.l4_hparams)
         saved["grad_avgs"] = {
-            index: {"step": self.state[p]["step"], "grad_avg": self.state[p]["grad_avg"]}
+            index: dict(self.state[p])
             for index, p in enumerate(base_parameters(self.base_optimizer))
             if p in self.state
         }
@@ -169,18 +198,21 @@ class L4(WrapsOptimizer, L4Rule):
             check_base_group(base, {**saved, "params": group["params"]}, index, who="L4")
         params = base_parameters(base)
         averages = entry["grad_avgs"]
-        check_indexed(averages, params, who="L4", what="gradient averages", tensors=("grad_avg",))
-        if any(
-            not isinstance(saved["step"], int) or saved["step"] < 1 for saved in averages.values()
-        ):
-            raise ValueError("L4.load_state_dict: gradient-average step counts must be ints >= 1")
+        check_indexed(
+            averages,
+            params,
+            who="L4",
+            what="gradient averages",
+            tensors=("grad_avg",),
+            counts="step",
+        )
         base.load_state_dict(rest)
         self._load_l4_entry(entry)
         self.l4_hparams = dict(entry["hparams"])
         self.state.clear()
         for index, saved in averages.items():
             param: Tensor = params[index]
-            self.state[param] = {
-                "step": saved["step"],
-                "grad_avg": saved["grad_avg"].to(device=param.device, dtype=param.dtype).clone(),
-            }
+            self.state[param] = {"step": saved["step"]}
+            if "grad_avg" in saved:
+                average = saved["grad_avg"].to(device=param.device, dtype=param.dtype).clone()
+                self.state[param]["grad_avg"] = average
