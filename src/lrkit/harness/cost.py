@@ -153,27 +153,44 @@ def measure_cost(
     seed: int = 0,
     batch_size: int | None = None,
     memory: bool = True,
+    repeats: int = 1,
 ) -> list[dict[str, Any]]:
-    """Rows with keys method, base, ms_per_step, ratio_to_base, peak_memory_mb."""
+    """Rows with keys method, base, ms_per_step, ratio_to_base (with ratio_min, ratio_max),
+    peak_memory_mb. With ``repeats`` > 1 the interleaved measurement runs that many times on
+    fresh runs; ms_per_step and ratio_to_base are the medians of the repeats' values, and
+    ratio_min/ratio_max their range (one repeat: all three the same)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     names = with_bases(methods)
-    times = measure_step_times(task_name, names, steps, warmup, seed, batch_size)
-    medians = {name: statistics.median(values) for name, values in times.items()}
+    medians: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        times = measure_step_times(task_name, names, steps, warmup, seed, batch_size)
+        for name, values in times.items():
+            medians[name].append(statistics.median(values))
     rows = []
     for name in names:
         base = get_method(name).base
+        ratios = (
+            None
+            if base is None
+            else [own / of_base for own, of_base in zip(medians[name], medians[base], strict=True)]
+        )
         rows.append(
             {
                 "task": task_name,
                 "method": name,
                 "base": base,
-                "ms_per_step": medians[name],
-                "ratio_to_base": None if base is None else medians[name] / medians[base],
+                "ms_per_step": statistics.median(medians[name]),
+                "ratio_to_base": None if ratios is None else statistics.median(ratios),
+                "ratio_min": None if ratios is None else min(ratios),
+                "ratio_max": None if ratios is None else max(ratios),
                 "peak_memory_mb": (
                     peak_memory_mb(task_name, name, min(steps, 20), seed, batch_size)
                     if memory
                     else None
                 ),
                 "steps": steps,
+                "repeats": repeats,
             }
         )
     return rows
