@@ -360,6 +360,33 @@ def test_wrapper_over_adam_equals_l4adam():
     assert_close_lists(wrapped, direct, rtol=1e-7, atol=1e-10)
 
 
+class SubclassedAdam(torch.optim.Adam):
+    """torch's Adam under another class: L4 keeps its own gradient EMA for it."""
+
+
+def test_wrapper_reading_adams_exp_avg_takes_the_steps_of_its_own_ema():
+    """L4(Adam) reads Adam's exp_avg as g instead of keeping the same EMA twice."""
+    read, read_etas = run_fast(lambda p: L4(torch.optim.Adam(p, eps=1e-4)), 60)
+    own, own_etas = run_fast(lambda p: L4(SubclassedAdam(p, eps=1e-4)), 60)
+    assert read_etas == own_etas
+    _assert_same(read, own)
+
+
+def test_wrapper_starts_its_own_ema_when_the_base_stops_keeping_it():
+    init, loss_fn = make_problem()
+    params = [torch.nn.Parameter(p.clone()) for p in init]
+    optimizer = L4(torch.optim.Adam(params, eps=1e-4))
+    for step in range(1, 4):
+        optimizer.step(_closure(optimizer, params, loss_fn, step))
+    assert all(set(optimizer.state[p]) == {"step"} for p in params)
+    optimizer.param_groups[0]["betas"] = (0.5, 0.999)  # no longer L4's decay (0.9)
+    optimizer.step(_closure(optimizer, params, loss_fn, 4))
+    for p in params:
+        assert optimizer.state[p]["step"] == 1
+        torch.testing.assert_close(optimizer.state[p]["grad_avg"], 0.1 * p.grad)
+    assert all(torch.isfinite(p).all() for p in params)
+
+
 def test_wrapper_keeps_sgd_momentum_and_coupled_weight_decay():
     params, _ = run_fast(
         lambda p: L4(torch.optim.SGD(p, lr=0.01, momentum=0.9, weight_decay=0.1)), 100
