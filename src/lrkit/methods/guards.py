@@ -102,21 +102,21 @@ def resolve_loss(
 
 def _largest_elements(grads: Sequence[Tensor], device: torch.device) -> Tensor:
     """max |g| over all gradients, as a 0-dim float64 tensor on ``device``: NaN if any element
-    is NaN, inf if any is ±inf. One pass over the gradients, no arithmetic on them (nothing
-    overflows): ``aminmax`` per tensor on the CPU, one ``_foreach_norm(inf)`` kernel elsewhere."""
+    is NaN (max propagates NaN), inf if any is ±inf, 0 without gradients. One pass over the
+    gradients and no arithmetic on them (nothing overflows): ``aminmax`` per tensor on the
+    CPU, one ``_foreach_norm(inf)`` kernel per bucket elsewhere."""
     parts = [torch.zeros((), dtype=torch.float64, device=device)]
     for bucket in device_dtype_buckets(grads):
         tensors = [grads[i] for i in bucket if grads[i].numel() > 0]
         if not tensors:
             continue
         if tensors[0].device.type == "cpu":
-            extremes = [torch.stack(torch.aminmax(t)) for t in tensors]
+            extremes = [extreme for t in tensors for extreme in torch.aminmax(t)]
             largest = torch.stack(extremes).abs().amax()
         else:
             largest = torch.stack(torch._foreach_norm(tensors, math.inf)).amax()
         parts.append(largest.to(device=device, dtype=torch.float64))
-    stacked = torch.stack(parts)
-    return torch.where(torch.isnan(stacked).any(), math.nan, stacked.amax())
+    return parts[0] if len(parts) == 1 else torch.stack(parts).amax()
 
 
 def check_loss_and_gradients(
