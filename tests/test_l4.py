@@ -1049,9 +1049,25 @@ def test_max_growth_keeps_eta_bounded_where_the_papers_rule_runs_away():
 
 def test_growth_limit_and_envelope():
     eta, envelope = torch.tensor(5.0), torch.tensor(2.0)
+    yes, no = torch.tensor(True), torch.tensor(False)
     assert limit_growth(eta, envelope, 1.5).item() == 3.0
     assert limit_growth(eta, envelope, None) is eta
     assert limit_growth(eta, None, 1.5) is eta
-    assert next_envelope(torch.tensor(1.0), envelope, 2.0).item() == 1.0  # falls by 1/c
-    assert next_envelope(torch.tensor(0.1), envelope, 4.0).item() == 0.5
-    assert next_envelope(torch.tensor(7.0), envelope, 2.0).item() == 7.0  # follows η up
+    assert limit_growth(eta, torch.tensor(0.0), 1.5).item() == 5.0  # no step taken yet
+    assert next_envelope(torch.tensor(1.0), envelope, yes, 2.0).item() == 1.0  # falls by 1/c
+    assert next_envelope(torch.tensor(0.1), envelope, yes, 4.0).item() == 0.5
+    assert next_envelope(torch.tensor(7.0), envelope, yes, 2.0).item() == 7.0  # follows η up
+    assert next_envelope(torch.tensor(0.0), envelope, no, 2.0).item() == 2.0  # safe step
+    assert next_envelope(torch.tensor(3.0), None, yes, 2.0).item() == 3.0
+    assert next_envelope(eta, envelope, yes, None) is None
+
+
+def test_a_safe_first_step_does_not_pin_eta_at_zero_under_max_growth():
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    optimizer = L4Mom([w], max_growth=1.01)
+    w.grad = torch.zeros(2)
+    optimizer.step(loss=torch.tensor(1.0))
+    assert optimizer.diagnostics()["skipped_steps"] == 1
+    w.grad = torch.tensor([0.5, -0.5])
+    optimizer.step(loss=torch.tensor(1.0))
+    assert optimizer.diagnostics()["effective_lr"] > 0

@@ -72,18 +72,23 @@ def l4_step_size(
 
 
 def limit_growth(step_size: Tensor, envelope: Tensor | None, max_growth: float | None) -> Tensor:
-    """min(η, c·η̄): η at most c times the envelope of recent step sizes (no limit without a
-    ``max_growth`` c or before the first step)."""
+    """min(η, c·η̄): η at most c times the envelope of recent step sizes — no limit without a
+    ``max_growth`` c, or before a step was taken (no envelope, or 0)."""
     if max_growth is None or envelope is None:
         return step_size
-    return torch.minimum(step_size, max_growth * envelope)
+    return torch.where(envelope > 0, torch.minimum(step_size, max_growth * envelope), step_size)
 
 
-def next_envelope(step_size: Tensor, envelope: Tensor | None, max_growth: float | None) -> Tensor:
-    """η̄_t = max(η_t, η̄_{t−1}/c): follows η up at once and down by a factor c per step."""
-    if max_growth is None or envelope is None:
-        return step_size
-    return torch.maximum(step_size, envelope / max_growth)
+def next_envelope(
+    step_size: Tensor, envelope: Tensor | None, usable: Tensor, max_growth: float | None
+) -> Tensor | None:
+    """η̄_t = max(η_t, η̄_{t−1}/c) after a step taken by the rule: follows η up at once and
+    down by a factor c per step; a safe step (``usable`` false) leaves it as it was. None
+    without ``max_growth``."""
+    if max_growth is None:
+        return None
+    previous = torch.zeros_like(step_size) if envelope is None else envelope
+    return torch.where(usable, torch.maximum(step_size, previous / max_growth), previous)
 
 
 L4_RULES = {
@@ -168,7 +173,7 @@ class L4Rule(torch.optim.Optimizer):
             l_min=forget_l_min(l_min_used, hparams["tau"]),
             l_min_used=l_min_used,
             step_size_per_alpha=per_alpha,
-            envelope=next_envelope(per_alpha, self._l4["envelope"], hparams["max_growth"]),
+            envelope=next_envelope(per_alpha, self._l4["envelope"], usable, hparams["max_growth"]),
             loss=loss,
             grad_dot_direction=grad_dot_direction,
             skipped_steps=skipped + (~usable).to(torch.int64),
