@@ -71,11 +71,14 @@ def dots(xs: Sequence[Tensor], ys: Sequence[Tensor], *, nonnegative: bool) -> li
 def squared_norms(xs: Sequence[Tensor]) -> list[Tensor]:
     """[|x_i|²] as 0-dim tensors of the scalar dtype: the norm in :func:`reduction_dtype`, the
     square in float64 (|x| of a float32 tensor fits float32 long after |x|² does not)."""
-    if not xs:
-        return []
-    norms = torch._foreach_norm(xs, 2, dtype=reduction_dtype(xs[0].dtype))
-    dtype = scalar_dtype(xs[0].device)
-    return [n.to(dtype).square() for n in norms]
+    out: list[Tensor] = [torch.zeros(())] * len(xs)
+    for bucket in device_dtype_buckets(xs):
+        tensors = [xs[i] for i in bucket]
+        norms = torch._foreach_norm(tensors, 2, dtype=reduction_dtype(tensors[0].dtype))
+        dtype = scalar_dtype(tensors[0].device)
+        for index, norm in zip(bucket, norms, strict=True):
+            out[index] = norm.to(dtype).square()
+    return out
 
 
 def weighted_sum(
