@@ -14,6 +14,10 @@ also on error), and leaves w_after = w − v in the parameters. v itself is neve
   per tensor (:meth:`DirectionProbe.finish`), or w ← w_before exactly (η = None: the step
   is refused, even where the base produced NaN/inf).
 
+Where the base already keeps the gradient EMA a method needs (torch's Adam and AdamW:
+``exp_avg``), :func:`base_gradient_average` names it, so that the method reads it instead of
+keeping a copy.
+
 This needs an update proportional to lr, and a state that does not depend on lr
 (:func:`check_base_optimizer`): SGD (momentum, Nesterov, weight decay), Adam, AdamW (decoupled
 decay lr·wd·w), Adamax, NAdam, RAdam, RMSprop, Adagrad without lr_decay. v is a difference of
@@ -22,7 +26,9 @@ float32) are lost.
 
 Cost per step on top of the base's own step: a copy of w (read w, write the buffer), two dot
 products per tensor (read the estimate twice, the buffer and w once) and the final lerp (read
-both, write w) — about 9 passes over the parameters, against about 18 for torch's Adam.
+both, write w) — 9 passes over the parameters, against about 18 for torch's Adam. That is the
+floor for a base the probe does not know: the base overwrites w, so w_before must be written
+once more, and the final w needs both w_before and w_after.
 """
 
 from __future__ import annotations
