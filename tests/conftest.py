@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,3 +63,12 @@ def pytest_report_header(config: pytest.Config) -> str:
         f"lrkit data: small stand-ins written for {', '.join(_small_data.written)} in "
         f"{_small_data.root} (tests that need the real files skip)"
     )
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The fault suite's counts (tests/test_faults.py), when it ran."""
+    faults = sys.modules.get("test_faults")
+    if faults is not None and faults.RESULTS:
+        terminalreporter.section("fault suite")
+        for line in faults.summary_lines():
+            terminalreporter.write_line(line)

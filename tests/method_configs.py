@@ -33,10 +33,12 @@ CONFORMANCE_HPARAMS: dict[str, dict[str, Any]] = {
     "schedulefree_adamw": {"lr": 1e-2},
 }
 # What the second param group changes. Default: half the lr. Prodigy and D-Adaptation
-# allow only one lr across groups (others must be 0), so their second group has weight decay.
+# allow only one lr across groups (others must be 0), so their second group has weight decay;
+# L4(base) ignores the base's lr (its step size replaces it).
 SECOND_GROUP: dict[str, dict[str, Any]] = {
     "prodigy": {"weight_decay": 1e-2},
     "dadapt_adam": {"weight_decay": 1e-2},
+    "l4_adam_wrapper": {"weight_decay": 1e-2},
 }
 _BFLOAT16_STALLS = (
     "with bfloat16 parameters its first steps ({first}) are far below the spacing of bfloat16 "
@@ -116,13 +118,6 @@ def _variants() -> list[MethodConfig]:
             "L4(SGD)",
             _variant(
                 "l4_sgd", "l4adam", _l4_over(lambda p: torch.optim.SGD(p, lr=1.0)), l4_defaults
-            ),
-            second_group={"weight_decay": 1e-2},
-        ),
-        MethodConfig(
-            "L4(Adam)",
-            _variant(
-                "l4_adam", "l4adam", _l4_over(lambda p: torch.optim.Adam(p, eps=1e-4)), l4_defaults
             ),
             second_group={"weight_decay": 1e-2},
         ),

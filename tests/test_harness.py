@@ -186,6 +186,15 @@ def test_cost_rows_and_base_ratio():
     assert by_name["momentum"]["ratio_to_base"] is None
 
 
+def test_cost_repeats_report_the_median_ratio_and_its_range():
+    rows = measure_cost("digits_mlp", ["l4adam"], steps=3, warmup=1, memory=False, repeats=3)
+    row = next(row for row in rows if row["method"] == "l4adam")
+    assert row["repeats"] == 3
+    assert row["ratio_min"] <= row["ratio_to_base"] <= row["ratio_max"]
+    with pytest.raises(ValueError, match="repeats"):
+        measure_cost("digits_mlp", ["l4adam"], steps=3, memory=False, repeats=0)
+
+
 def test_cli_version_list_cost_train(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])

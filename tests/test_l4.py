@@ -14,8 +14,19 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from lrkit.methods.l4 import L4, L4Adam, L4Mom, forget_l_min, l4_step_size, update_l_min
+from lrkit.methods.l4 import (
+    L4,
+    L4Adam,
+    L4Mom,
+    forget_l_min,
+    l4_step_size,
+    limit_growth,
+    next_envelope,
+    update_l_min,
+)
 from lrkit.methods.registry import METHODS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "l4.md"
@@ -349,6 +360,33 @@ def test_wrapper_over_adam_equals_l4adam():
     assert_close_lists(wrapped, direct, rtol=1e-7, atol=1e-10)
 
 
+class SubclassedAdam(torch.optim.Adam):
+    """torch's Adam under another class: L4 keeps its own gradient EMA for it."""
+
+
+def test_wrapper_reading_adams_exp_avg_takes_the_steps_of_its_own_ema():
+    """L4(Adam) reads Adam's exp_avg as g instead of keeping the same EMA twice."""
+    read, read_etas = run_fast(lambda p: L4(torch.optim.Adam(p, eps=1e-4)), 60)
+    own, own_etas = run_fast(lambda p: L4(SubclassedAdam(p, eps=1e-4)), 60)
+    assert read_etas == own_etas
+    _assert_same(read, own)
+
+
+def test_wrapper_starts_its_own_ema_when_the_base_stops_keeping_it():
+    init, loss_fn = make_problem()
+    params = [torch.nn.Parameter(p.clone()) for p in init]
+    optimizer = L4(torch.optim.Adam(params, eps=1e-4))
+    for step in range(1, 4):
+        optimizer.step(_closure(optimizer, params, loss_fn, step))
+    assert all(set(optimizer.state[p]) == {"step"} for p in params)
+    optimizer.param_groups[0]["betas"] = (0.5, 0.999)  # no longer L4's decay (0.9)
+    optimizer.step(_closure(optimizer, params, loss_fn, 4))
+    for p in params:
+        assert optimizer.state[p]["step"] == 1
+        torch.testing.assert_close(optimizer.state[p]["grad_avg"], 0.1 * p.grad)
+    assert all(torch.isfinite(p).all() for p in params)
+
+
 def test_wrapper_keeps_sgd_momentum_and_coupled_weight_decay():
     params, _ = run_fast(
         lambda p: L4(torch.optim.SGD(p, lr=0.01, momentum=0.9, weight_decay=0.1)), 100
@@ -632,7 +670,9 @@ def test_global_hyperparameters_must_agree_across_groups():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", ["l4adam", "l4adam_foreach", "l4mom", "l4_adam"])
-def test_trains_in_low_precision_with_float32_scalar_state(name, dtype):
+def test_trains_in_low_precision_with_float64_scalar_state(name, dtype):
+    """Low-precision parameters train; L_min and η are float64 (g·v of float32 gradients of
+    1e20 is 1e40, past float32's range)."""
     torch.manual_seed(0)
     x = torch.randn(128, 6)
     labels = (x[:, 0] + x[:, 1] > 0).long()
@@ -651,8 +691,8 @@ def test_trains_in_low_precision_with_float32_scalar_state(name, dtype):
         last = optimizer.step(closure).item()
     assert last < 0.5 * first
     assert all(p.dtype == dtype for p in model.parameters())
-    assert optimizer._l4["l_min"].dtype == torch.float32
-    assert optimizer._l4["step_size_per_alpha"].dtype == torch.float32
+    assert optimizer._l4["l_min"].dtype == torch.float64
+    assert optimizer._l4["step_size_per_alpha"].dtype == torch.float64
 
 
 def test_float64_parameters_keep_float64_scalar_state():
@@ -710,3 +750,324 @@ def test_docs_example_runs():
     namespace: dict = {}
     exec(compile(blocks[0], str(DOCS), "exec"), namespace)
     assert math.isfinite(namespace["optimizer"].diagnostics()["effective_lr"])
+
+
+# ----------------------------------------------- refusals that change nothing (issue 7)
+
+
+def _trained(factory, steps: int = 3, dtype: torch.dtype = torch.float32):
+    init, loss_fn = make_problem(dtype=dtype)
+    params = [torch.nn.Parameter(p.clone()) for p in init]
+    optimizer = factory(params)
+    for step in range(1, steps + 1):
+        optimizer.step(_closure(optimizer, params, loss_fn, step))
+    return optimizer, params, loss_fn
+
+
+FOREIGN_STATES = {
+    "L4Mom into L4Adam": (lambda p: L4Adam(p), lambda p: L4Mom(p), "direction 'momentum'"),
+    "L4Adam into L4(AdamW)": (
+        lambda p: L4(torch.optim.AdamW(p, eps=1e-4)),
+        lambda p: L4Adam(p),
+        "lacks",
+    ),
+    "L4(SGD) into L4(AdamW)": (
+        lambda p: L4(torch.optim.AdamW(p, eps=1e-4)),
+        lambda p: L4(torch.optim.SGD(p, lr=1.0)),
+        "torch.optim.sgd.SGD",
+    ),
+    "L4(SGD) into L4Adam": (
+        lambda p: L4Adam(p),
+        lambda p: L4(torch.optim.SGD(p, lr=1.0)),
+        "'wrapper'",
+    ),
+    "Adam into L4(Adam)": (
+        lambda p: L4(torch.optim.Adam(p)),
+        lambda p: torch.optim.Adam(p),
+        "no 'l4' entry",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FOREIGN_STATES))
+def test_a_refused_load_changes_nothing_and_the_next_step_works(case):
+    """A load that raises must leave the optimizer exactly as it was (torch's groups
+    included), so that the next step is the one an untouched twin takes."""
+    target_factory, source_factory, message = FOREIGN_STATES[case]
+    source, _, _ = _trained(source_factory)
+    optimizer, params, loss_fn = _trained(target_factory)
+    twin, twin_params, _ = _trained(target_factory)
+    before_params, before_state = _snapshot(optimizer, params)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        optimizer.load_state_dict(source.state_dict())
+    _assert_same(_snapshot(optimizer, params), (before_params, before_state))
+    optimizer.step(_closure(optimizer, params, loss_fn, 4))
+    twin.step(_closure(twin, twin_params, loss_fn, 4))
+    _assert_same([p.detach() for p in params], [p.detach() for p in twin_params])
+
+
+def _state_of_another_model(factory):
+    """A state dict of the same optimizer over parameters of other shapes."""
+    params = [torch.nn.Parameter(torch.ones(3, 3)) for _ in range(4)]
+    optimizer = factory(params)
+    optimizer.zero_grad()
+    sum((p * p).sum() for p in params).backward()
+    optimizer.step(loss=torch.tensor(1.0))
+    return optimizer.state_dict()
+
+
+@pytest.mark.parametrize("name", list(optimizer_factories()))
+def test_a_state_saved_for_another_model_is_refused(name):
+    factory = optimizer_factories()[name]
+    optimizer, params, _ = _trained(factory)
+    before = _snapshot(optimizer, params)
+    with pytest.raises(ValueError, match="saved for another model"):
+        optimizer.load_state_dict(_state_of_another_model(factory))
+    _assert_same(_snapshot(optimizer, params), before)
+
+
+# ---------------------------------------------------------------- the safe step (issue 7)
+
+
+def test_wrapper_safe_step_leaves_the_parameters_exactly_where_they_were():
+    """Adam with eps=0 proposes 0/0 = NaN for a coordinate whose gradient is 0; g·v is NaN, so
+    the step is refused — and w must stay w, not w − 0·NaN."""
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    optimizer = L4(torch.optim.Adam([w], eps=0.0))
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (w[0] - 3.0) ** 2 + 1.0
+        loss.backward()
+        return loss
+
+    for expected_skips in (1, 2):
+        optimizer.step(closure)
+        assert torch.equal(w.detach(), torch.tensor([1.0, 2.0]))
+        assert optimizer.diagnostics()["skipped_steps"] == expected_skips
+
+
+def test_wrapper_over_adamw_on_a_float16_model_keeps_finite_parameters():
+    """AdamW's default eps (1e-8) is 0 in float16 and so is (1 − β2)·g² for |g| < 1e-2: its
+    first update divides 0.1·g by 0 for the weights of the tiny input column."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2).to(torch.float16)
+    optimizer = L4(torch.optim.AdamW(model.parameters()))
+    inputs = torch.randn(8, 4, dtype=torch.float16) * torch.tensor([1e-4, 1.0, 1.0, 1.0]).half()
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def closure():
+        optimizer.zero_grad()
+        loss = model(inputs).float().pow(2).mean()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    for old, new in zip(before, model.parameters(), strict=True):
+        assert torch.isfinite(new).all()
+        moved = not torch.equal(old, new.detach())
+        assert moved or optimizer.diagnostics()["skipped_steps"] == 1
+
+
+# ---------------------------------------------- huge and tiny losses (issue 7, Sec. 2.3)
+
+
+SPIKED = {  # factory, hyperparameters, steps, whether w still moves at the end
+    "l4adam": (L4Adam, {}, 200, False),
+    "l4adam epsilon=0": (L4Adam, {"epsilon": 0.0}, 700, True),
+    "l4mom": (L4Mom, {}, 700, True),
+}
+
+
+@pytest.mark.parametrize("case", list(SPIKED))
+def test_a_huge_gradient_in_float32_follows_the_float64_rule(case):
+    """One loss scaled by 2e30 (gradient² past float32's range): the float32 run must take
+    the steps of the float64 run — no second moment stuck at inf, no g·v = inf — and skip
+    none. What the exact rule then does: η is tiny until the spike has left the gradient EMA
+    (0.9^k·2e29 below the ordinary gradients, k ≈ 640), then w moves on; but with the
+    default ε, L4Adam's û keeps the spike for ~1e5 steps, g·v ≪ ε, and
+    η = α(L − γ·L_min)/ε moves w by ~1e-19 per step."""
+    factory, hparams, steps, moves = SPIKED[case]
+    runs = {}
+    for dtype in (torch.float32, torch.float64):
+        gen = torch.Generator().manual_seed(0)
+        a = torch.randn(20, 5, generator=gen, dtype=torch.float64).to(dtype)
+        b = torch.randn(20, generator=gen, dtype=torch.float64).to(dtype)
+        w = torch.nn.Parameter(torch.zeros(5, dtype=dtype))
+        optimizer = factory([w], **hparams)
+        etas, positions = [], []
+        for step in range(steps):
+            scale = 2e30 if step == 5 else 1.0
+
+            def closure(scale=scale, optimizer=optimizer, w=w, a=a, b=b):
+                optimizer.zero_grad()
+                loss = scale * ((a @ w - b) ** 2).mean()
+                loss.backward()
+                return loss
+
+            optimizer.step(closure)
+            etas.append(optimizer._l4["step_size_per_alpha"].item())
+            positions.append(w.detach().double().clone())
+        assert optimizer.diagnostics()["skipped_steps"] == 0
+        assert math.isfinite(optimizer.diagnostics()["grad_dot_direction"])
+        assert min(etas) > 0
+        assert moves != torch.allclose(positions[-50], positions[-1], rtol=1e-4, atol=0)
+        runs[dtype] = etas, positions
+    (etas32, positions32), (etas64, positions64) = runs[torch.float32], runs[torch.float64]
+    assert etas32[:150] == pytest.approx(etas64[:150], rel=1e-3)
+    torch.testing.assert_close(positions32[149], positions64[149], rtol=1e-3, atol=1e-5)
+
+
+# ------------------------------------------- hyperparameters changed later (issue 7)
+
+
+LATE_CHANGES = {
+    "gamma=2": ("l4adam", lambda o: o.param_groups[0].update(gamma=2.0), "gamma"),
+    "alpha=-1": ("l4mom", lambda o: o.param_groups[0].update(alpha=-1.0), "alpha"),
+    "tau=0": ("l4adam", lambda o: o.param_groups[0].update(tau=0.0), "tau"),
+    "betas=(1, 0.999)": ("l4adam", lambda o: o.param_groups[0].update(betas=(1.0, 0.999)), "betas"),
+    "beta=-0.1": ("l4mom", lambda o: o.param_groups[0].update(beta=-0.1), "beta"),
+    "weight_decay=-1": ("l4mom", lambda o: o.param_groups[0].update(weight_decay=-1.0), "weight"),
+    "max_growth=0.5": ("l4adam", lambda o: o.param_groups[0].update(max_growth=0.5), "max_growth"),
+    "wrapper gamma=2": ("l4_sgd", lambda o: o.l4_hparams.update(gamma=2.0), "gamma"),
+    "wrapper alpha=-1": ("l4_adam", lambda o: o.l4_hparams.update(alpha=-1.0), "alpha"),
+    "base maximize": ("l4_adam", lambda o: o.param_groups[0].update(maximize=True), "maximize"),
+}
+
+
+@pytest.mark.parametrize("case", list(LATE_CHANGES))
+def test_hyperparameters_changed_after_construction_are_checked_at_the_step(case):
+    name, change, message = LATE_CHANGES[case]
+    optimizer, params, loss_fn = _trained(optimizer_factories()[name])
+    change(optimizer)
+    before = _snapshot(optimizer, params)
+    calls: list[int] = []
+    with pytest.raises(ValueError, match=message):
+        optimizer.step(_closure(optimizer, params, loss_fn, 4, calls))
+    _assert_same(_snapshot(optimizer, params), before)
+    assert calls == []  # refused before the closure ran
+
+
+def test_wrapper_add_param_group_runs_l4s_checks():
+    w = torch.nn.Parameter(torch.ones(2))
+    optimizer = L4(torch.optim.Adam([w]))
+    with pytest.raises(ValueError, match="maximize"):
+        optimizer.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], "maximize": True})
+    complex_param = torch.nn.Parameter(torch.ones(2, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="complex"):
+        optimizer.add_param_group({"params": [complex_param]})
+    assert len(optimizer.param_groups) == 1
+    assert optimizer.param_groups is optimizer.base_optimizer.param_groups
+    optimizer.add_param_group({"params": [torch.nn.Parameter(torch.ones(3))], "lr": 0.1})
+    assert len(optimizer.param_groups) == 2
+
+
+INVARIANT = {  # L4 with ε = 0 and a negligible Adam epsilon: exactly invariant (Sec. 2.3)
+    "adam": lambda p: L4Adam(p, epsilon=0.0, adam_epsilon=1e-300),
+    "momentum": lambda p: L4Mom(p, epsilon=0.0),
+    "wrapper": lambda p: L4(torch.optim.Adam(p, lr=1e-3, eps=1e-300), epsilon=0.0),
+}
+INVARIANCE_STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def unscaled_runs():
+    return {name: run_fast(f, INVARIANCE_STEPS)[0] for name, f in INVARIANT.items()}
+
+
+@settings(max_examples=8, deadline=None)
+@given(direction=st.sampled_from(list(INVARIANT)), log10_scale=st.floats(-30.0, 30.0))
+def test_invariance_to_the_loss_scale_from_1e_30_to_1e30(unscaled_runs, direction, log10_scale):
+    """L → a·L leaves the float64 trajectory unchanged for any a in [1e-30, 1e30]."""
+    scaled, _ = run_fast(INVARIANT[direction], INVARIANCE_STEPS, loss_scale=10.0**log10_scale)
+    assert_close_lists(scaled, unscaled_runs[direction], rtol=1e-8, atol=1e-12)
+
+
+FLOAT32_INVARIANT = {
+    "adam": lambda p: L4Adam(p, epsilon=0.0, adam_epsilon=1e-45),
+    "momentum": lambda p: L4Mom(p, epsilon=0.0),
+}
+
+
+@settings(max_examples=8, deadline=None)
+@given(direction=st.sampled_from(list(FLOAT32_INVARIANT)), exponent=st.integers(-100, 100))
+def test_float32_steps_are_bit_identical_for_loss_scales_2_to_the_k(direction, exponent):
+    """In float32 a loss scaled by 2^k (k in [-100, 100], 8e-31 to 1.3e30) scales every
+    gradient exactly; the moments kept at a power-of-two scale make the steps bit-identical
+    (unscaled, the squares overflow past 2^64 and underflow below 2^-75)."""
+    factory = FLOAT32_INVARIANT[direction]
+    reference, _ = run_fast(factory, 20, dtype=torch.float32)
+    scaled, _ = run_fast(factory, 20, dtype=torch.float32, loss_scale=2.0**exponent)
+    _assert_same(scaled, reference)
+
+
+# -------------------------------------------------------------- the η safeguard (issue 7)
+
+
+def random_label_run(steps: int, **hparams):
+    """Softmax regression 10 → 10 on fresh Gaussian inputs with labels drawn independently
+    of them (batch 64): no model beats predicting 1/10 for every class, loss ln 10. Returns
+    the η and loss of every step, stopping early at a FloatingPointError (a diverged run)."""
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(10, 10)
+    optimizer = L4Adam(model.parameters(), **hparams)
+    etas, losses = [], []
+    for _ in range(steps):
+        inputs = torch.randn(64, 10, generator=gen)
+        labels = torch.randint(0, 10, (64,), generator=gen)
+
+        def closure(inputs=inputs, labels=labels):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+            loss.backward()
+            return loss
+
+        try:
+            losses.append(float(optimizer.step(closure).detach()))
+        except FloatingPointError:
+            break
+        etas.append(optimizer.diagnostics()["effective_lr"])
+    return etas, losses
+
+
+def test_max_growth_keeps_eta_bounded_where_the_papers_rule_runs_away():
+    """Where the loss cannot fall below chance, L_min (the luckiest batch) is out of reach,
+    g·v shrinks to the gradient noise and η = α(L − γ·L_min)/(g·v) grows; once a step
+    overshoots, L grows with the logits while the cross-entropy gradient stays bounded, so η
+    grows with L: the paper's rule diverges within a few hundred steps. ``max_growth=1.01``
+    keeps η within its recent range and the loss near chance."""
+    chance = math.log(10)
+    etas, losses = random_label_run(400)
+    assert max(etas) > 1e6 and max(losses) > 1e3 * chance
+    steps = 2000
+    etas, losses = random_label_run(steps, max_growth=1.01)
+    assert len(losses) == steps
+    assert max(etas) < 1.0
+    assert sum(losses[-500:]) / 500 < 1.2 * chance
+
+
+def test_growth_limit_and_envelope():
+    eta, envelope = torch.tensor(5.0), torch.tensor(2.0)
+    yes, no = torch.tensor(True), torch.tensor(False)
+    assert limit_growth(eta, envelope, 1.5).item() == 3.0
+    assert limit_growth(eta, envelope, None) is eta
+    assert limit_growth(eta, None, 1.5) is eta
+    assert limit_growth(eta, torch.tensor(0.0), 1.5).item() == 5.0  # no step taken yet
+    assert next_envelope(torch.tensor(1.0), envelope, yes, 2.0).item() == 1.0  # falls by 1/c
+    assert next_envelope(torch.tensor(0.1), envelope, yes, 4.0).item() == 0.5
+    assert next_envelope(torch.tensor(7.0), envelope, yes, 2.0).item() == 7.0  # follows η up
+    assert next_envelope(torch.tensor(0.0), envelope, no, 2.0).item() == 2.0  # safe step
+    assert next_envelope(torch.tensor(3.0), None, yes, 2.0).item() == 3.0
+    assert next_envelope(eta, envelope, yes, None) is None
+
+
+def test_a_safe_first_step_does_not_pin_eta_at_zero_under_max_growth():
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    optimizer = L4Mom([w], max_growth=1.01)
+    w.grad = torch.zeros(2)
+    optimizer.step(loss=torch.tensor(1.0))
+    assert optimizer.diagnostics()["skipped_steps"] == 1
+    w.grad = torch.tensor([0.5, -0.5])
+    optimizer.step(loss=torch.tensor(1.0))
+    assert optimizer.diagnostics()["effective_lr"] > 0

@@ -25,33 +25,94 @@ from lrkit.methods.distributed import (
     average_across_ranks_,
     gather_across_ranks,
 )
+from lrkit.methods.guards import (
+    Interval,
+    check_loss_and_gradients,
+    check_param_groups,
+    gradients_by_group,
+    resolve_loss,
+)
+from lrkit.methods.loading import check_optimizer_state, check_own_entry, without
 
 META_EVERY = 5
+LEARNING_RATE = Interval("learning rate", 0.0, low_open=True)
 
 
-def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    return [p for group in optimizer.param_groups for p in group["params"]]
+class _Example(torch.optim.Optimizer):
+    """What the examples share through lrkit's guards: the group hyperparameters checked at
+    construction and at every step, the loss resolved and checked with the gradients before
+    anything changes, and a ``"toy"`` state-dict entry checked (with the torch part) before
+    any of it loads."""
+
+    _RULES: dict[str, Interval] = {"lr": LEARNING_RATE}
+    _OWN: tuple[str, ...] = ()
+
+    def _check(self) -> None:
+        check_param_groups(self.param_groups, self._RULES, shared=(), who=type(self).__name__)
+
+    def _loss_and_grads(
+        self, returned: Any
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The loss, the parameters with a gradient and their gradients, checked
+        (ValueError/TypeError for what is no scalar loss, FloatingPointError for NaN/inf)."""
+        device = next(p for g in self.param_groups for p in g["params"]).device
+        loss = resolve_loss(
+            None,
+            returned,
+            who=type(self).__name__,
+            device=device,
+            dtype=torch.float64,
+            average_over_ranks=False,
+        ).value
+        batch = gradients_by_group(self.param_groups, who=type(self).__name__)
+        grads = batch.flat_grads()
+        check_loss_and_gradients(
+            loss,
+            grads,
+            who=type(self).__name__,
+            describe=batch.describe(self.param_groups),
+            nonnegative=False,
+        )
+        return loss, [p for group in batch.params for p in group], grads
+
+    def _own_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _load_own(self, own: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "toy": {"kind": type(self).__name__, **self._own_state()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        who = type(self).__name__
+        own = check_own_entry(state_dict, "toy", who=who, fields=self._OWN, saved_by={"kind": who})
+        rest = without(state_dict, "toy")
+        check_optimizer_state(self, rest, who=who, hyperparameters=self._RULES)
+        check_param_groups(rest["param_groups"], self._RULES, shared=(), who=who)
+        self._check_own(own)
+        super().load_state_dict(rest)
+        self._load_own(dict(own))
+
+    def _check_own(self, own: Any) -> None:
+        """Raises ValueError where the saved entry does not fit this optimizer."""
 
 
-def _check_finite(loss: torch.Tensor, grads: list[torch.Tensor], who: str) -> None:
-    values = [loss.detach().float().sum()] + [g.float().sum() for g in grads]
-    if not bool(torch.isfinite(torch.stack(values)).all()):
-        raise FloatingPointError(f"{who} got a non-finite loss or gradient; nothing changed")
-
-
-class ValidationScaledSGD(torch.optim.Optimizer):
+class ValidationScaledSGD(_Example):
     """SGD whose LR multiplier s grows ×1.05 while the validation loss falls and shrinks
     ×0.7 when it rises: w ← w − lr·s·g. Needs a validation closure every step."""
 
+    _OWN = ("scale", "previous_validation")
+
     def __init__(self, params: Any, lr: float = 0.01) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr!r}")
         super().__init__(params, {"lr": lr})
+        self._check()
         self.scale = 1.0
         self.previous_validation: float | None = None
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor], *, validation_closure=None) -> torch.Tensor:
+        self._check()
         if validation_closure is None:
             raise ValueError(
                 "ValidationScaledSGD needs a validation batch every step: "
@@ -59,8 +120,7 @@ class ValidationScaledSGD(torch.optim.Optimizer):
             )
         with torch.enable_grad():
             loss = closure()
-        params = [p for p in _params(self) if p.grad is not None]
-        _check_finite(loss, [p.grad for p in params], "ValidationScaledSGD")
+        self._loss_and_grads(loss)
         validation = float(average_across_ranks(validation_closure().detach()))
         if not math.isfinite(validation):
             raise FloatingPointError("ValidationScaledSGD got a non-finite validation loss")
@@ -77,35 +137,33 @@ class ValidationScaledSGD(torch.optim.Optimizer):
     def diagnostics(self) -> dict[str, float]:
         return {"effective_lr": self.param_groups[0]["lr"] * self.scale}
 
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["toy"] = {"scale": self.scale, "previous_validation": self.previous_validation}
-        return state
+    def _own_state(self) -> dict[str, Any]:
+        return {"scale": self.scale, "previous_validation": self.previous_validation}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        own = state_dict["toy"]
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "toy"})
+    def _load_own(self, own: dict[str, Any]) -> None:
         self.scale, self.previous_validation = own["scale"], own["previous_validation"]
 
 
-class InstanceTableSGD(torch.optim.Optimizer):
+class InstanceTableSGD(_Example):
     """SGD on per-example losses weighted by a table of per-instance multipliers (one per
     training instance, sized from the build context): w ← w − lr·∇ mean_i(c_i·ℓ_i); after
     the step c_i ← clip(c_i·exp(−rate·z_i), 0.1, 10) for the batch's instances, z_i the
     standardised loss. Needs per-example losses and instance indices."""
 
+    _RULES = {"lr": LEARNING_RATE, "rate": Interval("table update rate", 0.0)}
+    _OWN = ("instance_multipliers",)
+
     def __init__(
         self, params: Any, *, context: BuildContext, lr: float = 0.01, rate: float = 0.1
     ) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr!r}")
-        super().__init__(params, {"lr": lr})
-        self.rate = rate
+        super().__init__(params, {"lr": lr, "rate": rate})
+        self._check()
         self.reduce = context.reduce
         self.instance_multipliers = torch.ones(context.num_train, device=context.device)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor], *, batch: Batch) -> torch.Tensor:
+        self._check()
         pairs = [
             (p, group["lr"])
             for group in self.param_groups
@@ -115,15 +173,22 @@ class InstanceTableSGD(torch.optim.Optimizer):
         params = [p for p, _ in pairs]
         with torch.enable_grad():
             losses = closure()
-            if losses.shape != batch.indices.shape:
+            if not isinstance(losses, torch.Tensor) or losses.shape != batch.indices.shape:
+                found = tuple(losses.shape) if isinstance(losses, torch.Tensor) else losses
                 raise ValueError(
-                    f"got {tuple(losses.shape)} per-example losses for a batch of "
+                    f"InstanceTableSGD got {found!r} as per-example losses for a batch of "
                     f"{tuple(batch.indices.shape)} instances"
                 )
             multipliers = self.instance_multipliers[batch.indices].to(losses.dtype)
             grads = torch.autograd.grad(self.reduce(multipliers * losses), params)
         loss = self.reduce(losses.detach())
-        _check_finite(loss, list(grads), "InstanceTableSGD")
+        check_loss_and_gradients(
+            loss,
+            grads,
+            who="InstanceTableSGD",
+            describe=lambda i: f"parameter {i}",
+            nonnegative=False,
+        )
         grads = [g.clone() for g in grads]
         average_across_ranks_(grads)
         for (p, lr), g in zip(pairs, grads, strict=True):
@@ -131,7 +196,7 @@ class InstanceTableSGD(torch.optim.Optimizer):
         indices = gather_across_ranks(batch.indices)
         all_losses = gather_across_ranks(losses.detach().float())
         z = (all_losses - all_losses.mean()) / (all_losses.std() + 1e-8)
-        updated = self.instance_multipliers[indices] * torch.exp(-self.rate * z)
+        updated = self.instance_multipliers[indices] * torch.exp(-self.param_groups[0]["rate"] * z)
         self.instance_multipliers[indices] = updated.clamp(0.1, 10.0)
         return loss
 
@@ -141,26 +206,29 @@ class InstanceTableSGD(torch.optim.Optimizer):
             "instance_multiplier_mean": float(self.instance_multipliers.mean()),
         }
 
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["toy"] = {"instance_multipliers": self.instance_multipliers.clone()}
-        return state
+    def _own_state(self) -> dict[str, Any]:
+        return {"instance_multipliers": self.instance_multipliers.clone()}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        table = state_dict["toy"]["instance_multipliers"]
-        if table.shape != self.instance_multipliers.shape:
+    def _check_own(self, own: Any) -> None:
+        table = own["instance_multipliers"]
+        if not isinstance(table, torch.Tensor) or table.shape != self.instance_multipliers.shape:
+            found = tuple(table.shape) if isinstance(table, torch.Tensor) else table
             raise ValueError(
-                f"the saved table holds {table.shape[0]} instances, this one "
-                f"{self.instance_multipliers.shape[0]}"
+                f"InstanceTableSGD.load_state_dict: the saved table has shape {found}, this one "
+                f"{tuple(self.instance_multipliers.shape)}; nothing changed"
             )
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "toy"})
+
+    def _load_own(self, own: dict[str, Any]) -> None:
+        table = own["instance_multipliers"]
         self.instance_multipliers = table.to(self.instance_multipliers.device).clone()
 
 
-class MetaNetSGD(torch.optim.Optimizer):
+class MetaNetSGD(_Example):
     """SGD whose LR is lr·2σ(f_φ(log L)), f_φ a 1-8-1 tanh network meta-trained with Adam
     every k-th step on a validation batch: the virtual step w' = w − lr_φ·g is linear in
     lr_φ, so dE(w')/dφ = −(∇E(w')·g)·∂lr_φ/∂φ exactly (no second-order terms)."""
+
+    _OWN = ("meta_net", "meta_optimizer", "last_multiplier")
 
     def __init__(
         self,
@@ -171,9 +239,8 @@ class MetaNetSGD(torch.optim.Optimizer):
         meta_lr: float = 1e-2,
         seed: int = 0,
     ) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr!r}")
         super().__init__(params, {"lr": lr})
+        self._check()
         generator = torch.Generator().manual_seed(seed)
         self.meta_net = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))
         with torch.no_grad():
@@ -189,12 +256,11 @@ class MetaNetSGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor], *, validation_closure=None) -> torch.Tensor:
+        self._check()
         with torch.enable_grad():
             loss = closure()
-        params = [p for p in _params(self) if p.grad is not None]
-        grads = [p.grad for p in params]
-        _check_finite(loss, grads, "MetaNetSGD")
-        mean_loss = average_across_ranks(loss.detach())
+        value, params, grads = self._loss_and_grads(loss)
+        mean_loss = average_across_ranks(value)
         lr = self.param_groups[0]["lr"]
         if validation_closure is not None:
             with torch.enable_grad():
@@ -229,18 +295,29 @@ class MetaNetSGD(torch.optim.Optimizer):
     def diagnostics(self) -> dict[str, float]:
         return {"effective_lr": self.param_groups[0]["lr"] * self.last_multiplier}
 
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["toy"] = {
+    def _own_state(self) -> dict[str, Any]:
+        return {
             "meta_net": {k: v.clone() for k, v in self.meta_net.state_dict().items()},
             "meta_optimizer": self.meta_optimizer.state_dict(),
             "last_multiplier": self.last_multiplier,
         }
-        return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        own = state_dict["toy"]
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "toy"})
+    def _check_own(self, own: Any) -> None:
+        saved, current = own["meta_net"], self.meta_net.state_dict()
+        if (
+            not isinstance(saved, dict)
+            or saved.keys() != current.keys()
+            or any(
+                not isinstance(saved[k], torch.Tensor) or saved[k].shape != v.shape
+                for k, v in current.items()
+            )
+        ):
+            raise ValueError("MetaNetSGD.load_state_dict: the saved meta-network does not fit")
+        check_optimizer_state(
+            self.meta_optimizer, own["meta_optimizer"], who="MetaNetSGD", tensor_shapes=True
+        )
+
+    def _load_own(self, own: dict[str, Any]) -> None:
         self.meta_net.load_state_dict(own["meta_net"])
         self.meta_optimizer.load_state_dict(own["meta_optimizer"])
         self.last_multiplier = own["last_multiplier"]

@@ -171,14 +171,21 @@ def cmd_cost(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         memory=not args.no_memory,
         progress=not args.no_progress,
+        repeats=args.repeats,
     )
-    print(f"{'method':20s} {'base':12s} {'ms/step':>9s} {'ratio':>7s} {'peak MB':>8s}")
+    print(
+        f"{'method':20s} {'base':12s} {'ms/step':>9s} {'ratio':>7s} {'min-max':>13s} "
+        f"{'peak MB':>8s}"
+    )
     for row in rows:
-        ratio = "—" if row["ratio_to_base"] is None else f"{row['ratio_to_base']:.3f}"
+        ratio, spread = "—", "—"
+        if row["ratio_to_base"] is not None:
+            ratio = f"{row['ratio_to_base']:.3f}"
+            spread = f"{row['ratio_min']:.3f}-{row['ratio_max']:.3f}"
         memory = "—" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.1f}"
         print(
             f"{row['method']:20s} {row['base'] or '—':12s} {row['ms_per_step']:9.3f} "
-            f"{ratio:>7s} {memory:>8s}"
+            f"{ratio:>7s} {spread:>13s} {memory:>8s}"
         )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -281,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", required=True, help="comma-separated; bases are added")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument(
+        "--repeats", type=int, default=3, help="interleaved measurements (median, min-max)"
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     p.add_argument("--json", help="write the rows to this file")
     p.add_argument("--no-progress", action="store_true")

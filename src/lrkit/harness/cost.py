@@ -201,6 +201,8 @@ def measure_cost(
     ``repeats`` interleaved measurements of the ratio of medians), ratio_min, ratio_max,
     repeats, peak_memory_mb, steps and threads (torch's intra-op threads during the
     timing). ``progress``: bars over the timing rounds and the peak-memory children."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     names = with_bases(methods)
     medians: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):

@@ -15,8 +15,15 @@ from typing import Any
 
 import torch
 
+from lrkit.methods.guards import Interval, check_hyperparameters
+from lrkit.methods.loading import check_indexed, check_optimizer_state, check_own_entry, without
 from lrkit.methods.registry import MethodSpec, register_method
-from lrkit.methods.wrapping import WrapsOptimizer, base_parameters, load_wrapped_state
+from lrkit.methods.wrapping import WrapsOptimizer, base_parameters, is_torch_optimizer
+
+LOOKAHEAD_RULES = {
+    "k": Interval("base steps per synchronisation", 1.0),
+    "alpha": Interval("slow-weight step size", 0.0, 1.0, low_open=True),
+}
 
 
 class Lookahead(WrapsOptimizer, torch.optim.Optimizer):
@@ -44,14 +51,7 @@ class Lookahead(WrapsOptimizer, torch.optim.Optimizer):
                 f"{type(base_optimizer).__name__}; build the base first, e.g. "
                 "Lookahead(torch.optim.SGD(model.parameters(), lr=0.1))"
             )
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(
-                f"Lookahead k (base steps per synchronisation) must be an int >= 1, got {k!r}"
-            )
-        if not 0.0 < alpha <= 1.0:
-            raise ValueError(
-                f"Lookahead alpha (slow-weight step size) must be in (0, 1], got {alpha!r}"
-            )
+        _check_settings(k, alpha)
         super().__init__(base_parameters(base_optimizer), {})
         self._adopt(base_optimizer)
         self.k = k
@@ -79,7 +79,9 @@ class Lookahead(WrapsOptimizer, torch.optim.Optimizer):
         torch._foreach_copy_(fast, slow)
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        """One base step (returns the closure's loss); every k-th step also synchronises."""
+        """One base step (returns the closure's loss); every k-th step also synchronises.
+        ``k`` and ``alpha`` are checked first (they may have been changed since)."""
+        _check_settings(self.k, self.alpha)
         self._initialise_slow_weights()
         loss = self.base_optimizer.step() if closure is None else self.base_optimizer.step(closure)
         self.lookahead_steps += 1
@@ -97,6 +99,7 @@ class Lookahead(WrapsOptimizer, torch.optim.Optimizer):
             if "slow_param" in self.state.get(p, {})
         }
         state_dict["lookahead"] = {
+            "base": self.base_class_name(),
             "k": self.k,
             "alpha": self.alpha,
             "steps": self.lookahead_steps,
@@ -105,8 +108,25 @@ class Lookahead(WrapsOptimizer, torch.optim.Optimizer):
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = load_wrapped_state(self, state_dict, "lookahead", "slow_params", "slow weights")
+        """Loads what :meth:`state_dict` saved over the same kind of base, after checking all
+        of it (ValueError, nothing changed): the entry and the base's class, k and alpha, the
+        base's groups and per-parameter state, the slow weights' indices and shapes."""
+        saved = check_own_entry(
+            state_dict,
+            "lookahead",
+            who="Lookahead",
+            fields=("k", "alpha", "steps", "slow_params"),
+            saved_by={"base": self.base_class_name()},
+        )
+        _check_settings(saved["k"], saved["alpha"])
+        if isinstance(saved["steps"], bool) or not isinstance(saved["steps"], int):
+            raise ValueError(f"Lookahead.load_state_dict: saved steps {saved['steps']!r} is no int")
+        rest = without(state_dict, "lookahead")
+        base = self.base_optimizer
+        check_optimizer_state(base, rest, who="Lookahead", tensor_shapes=is_torch_optimizer(base))
         parameters = self._parameters()
+        check_indexed(saved["slow_params"], parameters, who="Lookahead", what="slow weights")
+        base.load_state_dict(rest)
         self.k = int(saved["k"])
         self.alpha = float(saved["alpha"])
         self.lookahead_steps = int(saved["steps"])
@@ -117,6 +137,13 @@ class Lookahead(WrapsOptimizer, torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"Lookahead(k={self.k}, alpha={self.alpha}, base={self.base_optimizer!r})"
+
+
+def _check_settings(k: Any, alpha: Any) -> None:
+    """k an int >= 1, alpha in (0, 1] (ValueError; TypeError for an alpha that is no number)."""
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ValueError(f"Lookahead k (base steps per synchronisation) must be an int, got {k!r}")
+    check_hyperparameters({"k": k, "alpha": alpha}, LOOKAHEAD_RULES, where="Lookahead")
 
 
 def _lookahead_sgd(params, lr: float, momentum: float, k: int, alpha: float) -> Lookahead:

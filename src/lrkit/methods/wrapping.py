@@ -42,37 +42,35 @@ class WrapsOptimizer:
             base.param_groups = groups
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Adds the group to the wrapped optimizer (to the placeholder during ``__init__``)."""
+        """Adds the group to the wrapped optimizer (to the placeholder during ``__init__``),
+        then runs the wrapper's own check of it (:meth:`_check_added_group`); a group the
+        check refuses is removed again before the error propagates."""
         base = self.__dict__.get("base_optimizer")
         if base is None:
             torch.optim.Optimizer.add_param_group(self, param_group)
-        else:
-            base.add_param_group(param_group)
+            return
+        base.add_param_group(param_group)
+        try:
+            self._check_added_group(base.param_groups[-1], len(base.param_groups) - 1)
+        except (ValueError, TypeError):
+            base.param_groups.pop()
+            raise
+
+    def _check_added_group(self, group: dict[str, Any], index: int) -> None:
+        """What the wrapper requires of a group added after construction (nothing here)."""
+
+    def base_class_name(self) -> str:
+        """The wrapped optimizer's class, as saved in the wrapper's state dict (a state saved
+        over another base is refused on load)."""
+        cls = type(self.__dict__["base_optimizer"])
+        return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def base_parameters(base_optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in base_optimizer.param_groups for p in group["params"]]
 
 
-def load_wrapped_state(
-    wrapper: torch.optim.Optimizer, state_dict: dict[str, Any], key: str, indexed: str, what: str
-) -> dict[str, Any]:
-    """Loads the base optimizer's part of a wrapper's ``state_dict`` (everything but
-    ``state_dict[key]``) and returns the wrapper's own entry, after checking that its
-    per-parameter part ``saved[indexed]`` (keyed by parameter index) fits this optimizer."""
-    name = type(wrapper).__name__
-    if key not in state_dict:
-        raise ValueError(
-            f"state dict has no {key!r} entry: it was not saved by {name}.state_dict(); load a "
-            f"bare base-optimizer state with {name.lower()}.base_optimizer.load_state_dict()"
-        )
-    saved = state_dict[key]
-    count = len(base_parameters(wrapper.base_optimizer))
-    unknown = [index for index in saved[indexed] if not 0 <= index < count]
-    if unknown:
-        raise ValueError(
-            f"state dict has {what} for parameter indices {unknown}, but this optimizer has "
-            f"{count} parameters; build it over the same parameters"
-        )
-    wrapper.base_optimizer.load_state_dict({k: v for k, v in state_dict.items() if k != key})
-    return saved
+def is_torch_optimizer(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` is one of torch.optim's own, whose per-parameter state tensors
+    (other than the 0-dim ``step``) all have the parameter's shape."""
+    return type(optimizer).__module__.startswith("torch.optim.")
