@@ -12,10 +12,11 @@ import pytest
 
 from lrkit.cli import main
 from lrkit.harness import executors as executors_module
-from lrkit.harness.bench import count_runs, run_suite
+from lrkit.harness.bench import run_suite
 from lrkit.harness.claims import at_least_as_good
 from lrkit.harness.cost import measure_cost
 from lrkit.harness.experiments import Contender, Experiment, Suite
+from lrkit.harness.plan import count_runs
 from lrkit.harness.report import write_report
 from lrkit.harness.results import RunConfig, threshold_crossings
 from lrkit.harness.training import train

@@ -74,8 +74,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from lrkit.harness.bench import run_suite, select
+    from lrkit.harness.bench import run_suite
     from lrkit.harness.executors import default_workers, make_executor
+    from lrkit.harness.plan import select
     from lrkit.harness.provenance import code_state
     from lrkit.harness.report import write_report
     from lrkit.suites import get_suite

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
 import re
 import sys
 import time
@@ -29,15 +27,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from lrkit.errors import MissingExtraError
 from lrkit.harness.claims import evaluate_claims, evaluate_cost_claims
 from lrkit.harness.cost import measure_cost
 from lrkit.harness.executors import Executor, LocalExecutor, write_json
 from lrkit.harness.experiments import ArtifactRef, Experiment, Stage, StageInputs, Suite
+from lrkit.harness.plan import check_available, count_runs
 from lrkit.harness.progress import progress_bar
-from lrkit.harness.provenance import code_state, package_versions
+from lrkit.harness.provenance import code_state, environment
 from lrkit.harness.results import (
     RunConfig,
     experiment_results,
@@ -46,35 +42,11 @@ from lrkit.harness.results import (
     summarize,
 )
 from lrkit.harness.tuning import RunRequest, TuningRecord, contender_plan
-from lrkit.methods import get_method
 from lrkit.tasks import get_task
 
 
 class MixedCodeStateError(RuntimeError):
     """A run file in the output directory was recorded by another code state."""
-
-
-def environment(threads: int, workers: int, backend: str) -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if "model name" in line]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "packages": package_versions(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads,
-        "workers": workers,
-        "backend": backend,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cuda": torch.cuda.is_available(),
-    }
 
 
 def _file_text(hparams: Mapping[str, Any]) -> str:
@@ -261,70 +233,6 @@ class Runner:
         artifact = stage.build(inputs)
         write_json(path, artifact)
         self.artifacts[stage.name] = artifact
-
-
-def count_runs(suite: Suite, seeds: int) -> int:
-    """Runs of the plan before any grid extension."""
-    total = 0
-    for experiment in suite.experiments:
-        n = experiment.seeds or seeds
-        for contender in experiment.contenders:
-            points = 1
-            for values in contender.grid.values():
-                points *= len(values)
-            if not contender.grid:
-                total += n
-            elif contender.report_grid:
-                total += points * n
-            else:
-                total += points + n
-    return total
-
-
-def select(
-    suite: Suite, *, tasks: list[str] | None = None, methods: list[str] | None = None
-) -> Suite:
-    """The suite restricted to the given tasks and methods (by task name / method name or
-    contender label). Stages stay when everything they read stays; claims across
-    experiments go; cost checks stay for the kept tasks and methods."""
-    plan: list[Experiment | Stage] = []
-    kept: set[str] = set()
-    for item in suite.plan:
-        if isinstance(item, Stage):
-            if all(name in kept for name in (*item.experiments, *item.artifacts)):
-                plan.append(item)
-                kept.add(item.name)
-            continue
-        if tasks and item.task not in tasks and item.name not in tasks:
-            continue
-        contenders = tuple(
-            c for c in item.contenders if not methods or c.method in methods or c.name in methods
-        )
-        if contenders:
-            plan.append(replace(item, contenders=contenders))
-            kept.add(item.name)
-    if not any(isinstance(item, Experiment) for item in plan):
-        raise ValueError("the --tasks/--methods filters leave no experiment to run")
-    costs = tuple(
-        replace(check, methods=tuple(m for m in check.methods if not methods or m in methods))
-        for check in suite.costs
-        if not tasks or check.task in tasks
-    )
-    costs = tuple(check for check in costs if check.methods)
-    return replace(suite, plan=tuple(plan), claims=(), costs=costs)
-
-
-def check_available(suite: Suite) -> None:
-    """Raises before any run when a contender's method is not installed or reserved."""
-    for experiment in suite.experiments:
-        for contender in experiment.contenders:
-            spec = get_method(contender.method)
-            if not spec.available:
-                raise MissingExtraError(
-                    f"suite {suite.name!r} uses {contender.method!r}, which is not available "
-                    f"(needs {spec.requires or 'an implementation'}); pip install "
-                    f"'lrkit[{spec.extra}]' or leave it out with --methods"
-                )
 
 
 def finalize(results: dict[str, Any], suite: Suite) -> dict[str, Any]:

@@ -11,12 +11,16 @@ unless asked to mix.
 from __future__ import annotations
 
 import hashlib
+import os
+import platform
 import re
 import subprocess
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import torch
 
 import lrkit
 from lrkit.methods import METHODS
@@ -103,3 +107,27 @@ def package_versions() -> dict[str, str | None]:
         if spec.requires is not None:
             names += providers.get(spec.requires, [])
     return {name: _version(name) for name in dict.fromkeys(map(_canonical, names))}
+
+
+def environment(threads: int, workers: int, backend: str) -> dict[str, Any]:
+    """The machine and software a bench ran on (results.json's ``environment``)."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if "model name" in line]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "packages": package_versions(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "workers": workers,
+        "backend": backend,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cuda": torch.cuda.is_available(),
+    }

@@ -1,0 +1,74 @@
+"""Operations on a suite's plan before it runs: how many runs it holds, the part of it that
+``--tasks``/``--methods`` keep, and whether every method it names is installed."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from lrkit.errors import MissingExtraError
+from lrkit.harness.experiments import Experiment, Stage, Suite
+from lrkit.methods import get_method
+
+
+def count_runs(suite: Suite, seeds: int) -> int:
+    """Runs of the plan before any grid extension."""
+    total = 0
+    for experiment in suite.experiments:
+        n = experiment.seeds or seeds
+        for contender in experiment.contenders:
+            points = 1
+            for values in contender.grid.values():
+                points *= len(values)
+            if not contender.grid:
+                total += n
+            elif contender.report_grid:
+                total += points * n
+            else:
+                total += points + n
+    return total
+
+
+def select(
+    suite: Suite, *, tasks: list[str] | None = None, methods: list[str] | None = None
+) -> Suite:
+    """The suite restricted to the given tasks and methods (by task name / method name or
+    contender label). Stages stay when everything they read stays; claims across
+    experiments go; cost checks stay for the kept tasks and methods."""
+    plan: list[Experiment | Stage] = []
+    kept: set[str] = set()
+    for item in suite.plan:
+        if isinstance(item, Stage):
+            if all(name in kept for name in (*item.experiments, *item.artifacts)):
+                plan.append(item)
+                kept.add(item.name)
+            continue
+        if tasks and item.task not in tasks and item.name not in tasks:
+            continue
+        contenders = tuple(
+            c for c in item.contenders if not methods or c.method in methods or c.name in methods
+        )
+        if contenders:
+            plan.append(replace(item, contenders=contenders))
+            kept.add(item.name)
+    if not any(isinstance(item, Experiment) for item in plan):
+        raise ValueError("the --tasks/--methods filters leave no experiment to run")
+    costs = tuple(
+        replace(check, methods=tuple(m for m in check.methods if not methods or m in methods))
+        for check in suite.costs
+        if not tasks or check.task in tasks
+    )
+    costs = tuple(check for check in costs if check.methods)
+    return replace(suite, plan=tuple(plan), claims=(), costs=costs)
+
+
+def check_available(suite: Suite) -> None:
+    """Raises before any run when a contender's method is not installed or reserved."""
+    for experiment in suite.experiments:
+        for contender in experiment.contenders:
+            spec = get_method(contender.method)
+            if not spec.available:
+                raise MissingExtraError(
+                    f"suite {suite.name!r} uses {contender.method!r}, which is not available "
+                    f"(needs {spec.requires or 'an implementation'}); pip install "
+                    f"'lrkit[{spec.extra}]' or leave it out with --methods"
+                )
