@@ -6,6 +6,7 @@ Verdicts are read from the results, never decided here."""
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,9 @@ def _cost_section(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+PLOT_LIMIT = 1e100
+
+
 def _mean_curve(runs: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray] | None:
     """Mean over seeds, up to the shortest run; diverged runs are left out unless every
     seed diverged."""
@@ -160,7 +164,17 @@ def _mean_curve(runs: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.nd
         return None
     steps = np.asarray(series[0][0][:length], dtype=float)
     values = np.asarray([s[1][:length] for s in series], dtype=float)
-    return steps, np.nanmean(values, axis=0)
+    return steps, _mean_over_seeds(values)
+
+
+def _mean_over_seeds(values: np.ndarray) -> np.ndarray:
+    """The mean over axis 0 of the drawable values: inf, NaN and magnitudes beyond
+    PLOT_LIMIT (a diverged run on its way to overflow; matplotlib's log axes fail on values
+    near 1e300) leave a gap in the plot."""
+    finite = np.where(np.abs(values) <= PLOT_LIMIT, values, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a step where no seed is finite
+        return np.nanmean(finite, axis=0)
 
 
 def plot_experiment(result: ExperimentResult, out: Path) -> Path | None:
@@ -184,14 +198,16 @@ def plot_experiment(result: ExperimentResult, out: Path) -> Path | None:
             axes[0].plot(*loss, label=label)
         lr_key = "effective_lr" if any("effective_lr" in r["curve"] for r in runs) else "lr"
         lr = _mean_curve(runs, lr_key)
-        if lr is not None:
-            axes[1].plot(*lr, label=label)
+        if lr is not None and np.any(lr[1] > 0):
+            # a learned LR may sit at exactly 0 (hypergradient methods clamp η at 0): a gap
+            # on the log axis, not a point at -inf
+            axes[1].plot(lr[0], np.where(lr[1] > 0, lr[1], np.nan), label=label)
         metric_runs = [
             [(e["step"], e.get(result.primary_metric, math.nan)) for e in r["evals"]] for r in runs
         ]
         length = min(len(m) for m in metric_runs)
         steps = [m[0] for m in metric_runs[0][:length]]
-        values = np.nanmean([[v for _, v in m[:length]] for m in metric_runs], axis=0)
+        values = _mean_over_seeds(np.asarray([[v for _, v in m[:length]] for m in metric_runs]))
         axes[2].plot(steps, values, marker=".", label=label)
     axes[0].set(title="training loss (logged mean)", xlabel="step", yscale="log")
     axes[1].set(title="learning rate (effective LR for L4)", xlabel="step", yscale="log")
