@@ -45,7 +45,7 @@ def choose_kappa(
         tried.append((kappa, diverged))
         if not diverged:
             return KappaChoice(kappa, tried)
-        kappa /= factor
+        kappa = start / factor ** len(tried)
     raise ValueError(
         f"every κ from {start:g} down to {smallest:g} diverged ({len(tried)} trials); lower the "
         "initial learning rate or β0, or check the run itself"

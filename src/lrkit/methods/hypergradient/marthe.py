@@ -255,7 +255,7 @@ class MARTHE(torch.optim.Optimizer):
         last, previous = scalars["hypergradient"], scalars["previous_hypergradient"]
         updates: dict[str, Tensor] = {}
         if self.mu_rule == "adaptive" and "translation" in states[0]:
-            first_order = -flat_dot(grads, [s["translation"] for s in states], dtype)
+            first_order = flat_dot(grads, [s["translation"] for s in states], dtype)
             updates["mu"], updates["count"] = adapt_mu(
                 scalars["mu"], scalars["count"], last, first_order
             )
