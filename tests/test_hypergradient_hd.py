@@ -292,3 +292,26 @@ def test_eta_is_never_negative_or_nan(name, seed, lr, beta, scale, dtype) -> Non
             pass
         eta = optimizer.diagnostics()["effective_lr"]
         assert eta >= 0.0 and not math.isnan(eta), f"{name}: η = {eta} at step {step}"
+
+
+def test_gradients_zeroed_in_place_are_detected_and_then_copied() -> None:
+    """HDSGD keeps the previous gradient tensor itself (the next backward normally allocates
+    new ones). With zero_grad(set_to_none=False) that tensor is overwritten in place: the
+    step that notices skips its η update, and from then on the gradients are copied, so h
+    is again −g_t·g_{t−1}."""
+    init, loss_fn = make_problem()
+    params = [torch.nn.Parameter(p.clone()) for p in init]
+    optimizer = HDSGD(params, lr=0.05, hypergrad_lr=0.02)
+    previous, reports = None, []
+    for step in range(4):
+        optimizer.zero_grad(set_to_none=False)
+        loss_fn(params, step).backward()
+        grads = [p.grad.clone() for p in params]
+        optimizer.step()
+        reports.append((optimizer.diagnostics(), grads, previous))
+        previous = grads
+    assert reports[1][0]["hypergradient"] == 0.0
+    assert reports[1][0]["effective_lr"] == reports[0][0]["effective_lr"]
+    for report, grads, before in reports[2:]:
+        expected = -sum(float((g * u).sum()) for g, u in zip(grads, before, strict=True))
+        assert report["hypergradient"] == pytest.approx(expected, rel=1e-12)

@@ -20,9 +20,12 @@ h uses the loss's own gradient g, not g + λ·w (their code adds the L2 term), s
 ``HD(torch.optim.SGD(..., weight_decay=λ))`` equals ``HDSGD(..., weight_decay=λ)``. η, lr
 and β are global (equal in every group); momentum, nesterov, betas, eps, weight_decay and
 foreach may differ per group. A parameter contributes to h only when it moved at the
-previous step. No host synchronisation in ``step`` besides one finiteness check, which
-reuses the dot product: NaN/inf in the loss or the gradients raises FloatingPointError
-before anything changes.
+previous step. One host synchronisation per ``step``: the finiteness check, which reuses the
+dot product (NaN/inf in the loss or the gradients raises FloatingPointError before anything
+changes) and brings η back as a Python number, so the update runs torch.optim's own
+kernels. Where u is the gradient itself (HDSGD without momentum and weight decay) the
+previous gradient tensor is kept, not copied (module text of ``_keep_directions``). Cost over
+the base: one dot product (docs/hypergradient.md, Cost).
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ from torch import Tensor
 from lrkit.methods.hypergradient.common import (
     buckets,
     check_equal_across_groups,
-    flat_dot,
     raise_if_non_finite,
     scalar_dtype,
 )
@@ -70,6 +72,8 @@ class _HypergradientDescent(torch.optim.Optimizer):
             ),
             "hypergradient": None,
         }
+        self._borrowed: dict[int, int] = {}
+        self._copy_gradients = False
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -107,32 +111,49 @@ class _HypergradientDescent(torch.optim.Optimizer):
                 loss = closure()
         step = self._scalars["step"] + 1
         dtype = self._scalars["learning_rate"].dtype
-        work, dots, first_sums = [], [], []
+        device = self._scalars["learning_rate"].device
+        work, pairs, weights, checked = [], [], [], []
+        overwritten = False
+        borrowed = self._borrowed
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if any(p.grad.is_sparse for p in params):
-                raise RuntimeError(f"{self._name} does not support sparse gradients")
             grads = [p.grad for p in params]
+            if any(g.is_sparse for g in grads):
+                raise RuntimeError(f"{self._name} does not support sparse gradients")
             for param, grad in zip(params, grads, strict=True):
                 state = self.state.get(param)
                 if state and state["direction_step"] == step - 1:
-                    weight = self._previous_weight(state, group)
-                    dots.append(flat_dot([grad], [self._previous(state)], dtype) * weight)
+                    previous = self._previous(state)
+                    version = borrowed.get(id(param))
+                    overwritten |= version is not None and version != previous._version
+                    pairs.append((grad, previous))
+                    weights.append(self._previous_weight(state, group))
                 else:
-                    first_sums.append(grad.sum().to(dtype))
+                    checked.append(grad.sum().to(dtype))  # its finiteness check
             work.append((group, params, grads))
-        device = self._scalars["learning_rate"].device
+        dots = [
+            torch.dot(g.view(-1), u.view(-1))
+            if g.dtype == dtype and g.is_contiguous() and u.is_contiguous()
+            else torch.dot(g.reshape(-1).to(dtype), u.reshape(-1).to(dtype))
+            for g, u in pairs
+        ]
+        if dots and any(w != 1.0 for w in weights):
+            dots = torch._foreach_mul(dots, weights)
         descent = torch.stack(dots).sum() if dots else torch.zeros((), dtype=dtype, device=device)
+        if overwritten:
+            # a borrowed gradient was zeroed in place (zero_grad(set_to_none=False)): this
+            # step's h is unknown; copy the gradients from now on
+            descent, self._copy_gradients = descent * 0.0, True
         hypergradient = -descent
         learning_rate = descend_learning_rate(
             self._scalars["learning_rate"], hypergradient, self.defaults["hypergrad_lr"]
         )
-        checked = [hypergradient, learning_rate, *first_sums]
-        if isinstance(loss, Tensor):
-            checked.append(loss.detach().reshape(-1)[0].to(dtype))
-        elif isinstance(loss, float | int):
-            checked.append(torch.tensor(float(loss), dtype=dtype, device=device))
-        if not bool(torch.isfinite(torch.stack(checked)).all()):
+        if loss is not None:
+            checked.append(torch.as_tensor(loss).detach().reshape(-1)[0].to(dtype))
+        # The one host synchronisation: the finiteness check (a NaN/inf gradient makes its
+        # dot product or sum non-finite) and η as a Python number for the update kernels.
+        values = torch.stack([learning_rate, hypergradient, *checked]).tolist()
+        if not all(math.isfinite(value) for value in values):
             value = torch.zeros(()) if loss is None else torch.as_tensor(loss).detach()
             raise_if_non_finite(
                 self._name,
@@ -140,6 +161,7 @@ class _HypergradientDescent(torch.optim.Optimizer):
                 [g for _, _, grads in work for g in grads],
                 scalars={"hypergradient": hypergradient, "learning rate": learning_rate},
             )
+        rate = values[0]
         for group, params, grads in work:
             foreach = group["foreach"]
             if foreach is None:
@@ -148,7 +170,6 @@ class _HypergradientDescent(torch.optim.Optimizer):
                 bucket_params = [params[i] for i in bucket]
                 bucket_grads = [grads[i] for i in bucket]
                 states = [self._state(p, step) for p in bucket_params]
-                rate = learning_rate.to(bucket_params[0].device)
                 if foreach:
                     self._update(group, bucket_params, bucket_grads, states, rate)
                 else:
@@ -156,6 +177,23 @@ class _HypergradientDescent(torch.optim.Optimizer):
                         self._update(group, [param], [grad], [state], rate)
         self._scalars.update(step=step, learning_rate=learning_rate, hypergradient=hypergradient)
         return loss
+
+    def _keep_directions(
+        self, params: list[Tensor], directions: list[Tensor], states: list[dict[str, Any]]
+    ) -> None:
+        """Keeps u_t for the next step's h. Directions that are the gradients themselves are
+        borrowed, not copied: the next backward normally allocates new ``.grad`` tensors
+        (``zero_grad`` sets them to None); their version counters tell when one was
+        overwritten in place instead, and then the gradients are copied from then on."""
+        for param, direction, state in zip(params, directions, states, strict=True):
+            if direction is not param.grad:
+                state["previous_direction"] = direction
+            elif self._copy_gradients:
+                state["previous_direction"] = direction.clone()
+                self._borrowed.pop(id(param), None)
+            else:
+                state["previous_direction"] = direction
+                self._borrowed[id(param)] = direction._version
 
     def _state(self, param: Tensor, step: int) -> dict[str, Any]:
         state = self.state[param]
@@ -166,7 +204,7 @@ class _HypergradientDescent(torch.optim.Optimizer):
         return state
 
     def _buffers(self, param: Tensor) -> tuple[str, ...]:
-        raise NotImplementedError
+        return ()
 
     def _update(
         self,
@@ -174,7 +212,7 @@ class _HypergradientDescent(torch.optim.Optimizer):
         params: list[Tensor],
         grads: list[Tensor],
         states: list[dict[str, Any]],
-        learning_rate: Tensor,
+        rate: float,
     ) -> None:
         raise NotImplementedError
 
@@ -202,6 +240,7 @@ class _HypergradientDescent(torch.optim.Optimizer):
         if "hd" not in state_dict:
             raise ValueError(f"state dict has no 'hd' entry: it was not saved by {self._name}")
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "hd"})
+        self._borrowed.clear()  # the loaded directions are copies this optimizer owns
         device = self._scalars["learning_rate"].device
         self._scalars = {
             key: value.to(device).clone() if isinstance(value, Tensor) else value
@@ -241,30 +280,25 @@ class HDSGD(_HypergradientDescent):
 
     def _buffers(self, param: Tensor) -> tuple[str, ...]:
         group = next(g for g in self.param_groups if any(p is param for p in g["params"]))
-        if group["momentum"] == 0.0:
-            return ("previous_direction",)
-        if group["nesterov"]:
-            return ("momentum_buffer", "previous_direction")
-        return ("momentum_buffer",)
+        return ("momentum_buffer",) if group["momentum"] else ()
 
     def _previous(self, state: dict[str, Any]) -> Tensor:
         # Heavy-ball momentum: u_{t−1} is the momentum buffer itself (no copy kept).
         return state.get("previous_direction", state.get("momentum_buffer"))
 
-    def _update(self, group, params, grads, states, learning_rate) -> None:
+    def _update(self, group, params, grads, states, rate) -> None:
         decay, momentum = group["weight_decay"], group["momentum"]
         directions = torch._foreach_add(grads, params, alpha=decay) if decay else grads
         if momentum:
             buffers = [state["momentum_buffer"] for state in states]
             torch._foreach_mul_(buffers, momentum)
             torch._foreach_add_(buffers, directions)
-            if group["nesterov"]:
-                directions = torch._foreach_add(directions, buffers, alpha=momentum)
-            else:
-                directions = buffers
-        if "previous_direction" in states[0]:
-            torch._foreach_copy_([state["previous_direction"] for state in states], directions)
-        torch._foreach_addcmul_(params, directions, [-learning_rate] * len(params))
+            if not group["nesterov"]:
+                torch._foreach_add_(params, buffers, alpha=-rate)
+                return
+            directions = torch._foreach_add(directions, buffers, alpha=momentum)
+        torch._foreach_add_(params, directions, alpha=-rate)
+        self._keep_directions(params, list(directions), states)
 
 
 class HDAdam(_HypergradientDescent):
@@ -299,7 +333,7 @@ class HDAdam(_HypergradientDescent):
             raise ValueError(f"HDAdam eps must be > 0, got {group['eps']!r}")
 
     def _buffers(self, param: Tensor) -> tuple[str, ...]:
-        return ("exp_avg", "exp_avg_sq", "previous_direction")
+        return ("exp_avg", "exp_avg_sq")
 
     def _previous_weight(self, state: dict[str, Any], group: dict[str, Any]) -> float:
         # previous_direction holds m/(sqrt(v) + ε·sqrt(b2)); u = (sqrt(b2)/b1)·that.
@@ -310,7 +344,7 @@ class HDAdam(_HypergradientDescent):
         state["step"] = state.get("step", 0) + 1
         return state
 
-    def _update(self, group, params, grads, states, learning_rate) -> None:
+    def _update(self, group, params, grads, states, rate) -> None:
         beta1, beta2 = group["betas"]
         decay = group["weight_decay"]
         effective = torch._foreach_add(grads, params, alpha=decay) if decay else grads
@@ -319,14 +353,20 @@ class HDAdam(_HypergradientDescent):
         torch._foreach_lerp_(exp_avgs, effective, 1.0 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, effective, effective, 1.0 - beta2)
-        denoms = torch._foreach_sqrt(exp_avg_sqs)
+        directions = torch._foreach_sqrt(exp_avg_sqs)
         steps = [state["step"] for state in states]
-        torch._foreach_add_(denoms, [group["eps"] * math.sqrt(1.0 - beta2**t) for t in steps])
-        directions = [state["previous_direction"] for state in states]
-        for exp_avg, denom, direction in zip(exp_avgs, denoms, directions, strict=True):
-            torch.div(exp_avg, denom, out=direction)
-        coefficients = [-learning_rate * _adam_scale(group["betas"], t) for t in steps]
-        torch._foreach_addcmul_(params, directions, coefficients)
+        torch._foreach_add_(directions, [group["eps"] * math.sqrt(1.0 - beta2**t) for t in steps])
+        for exp_avg, direction in zip(exp_avgs, directions, strict=True):
+            torch.div(exp_avg, direction, out=direction)  # m/(sqrt(v) + ε·sqrt(b2)), in place
+        by_step: dict[int, list[int]] = {}
+        for index, t in enumerate(steps):
+            by_step.setdefault(t, []).append(index)
+        for t, indices in by_step.items():
+            scale = _adam_scale(group["betas"], t)
+            torch._foreach_add_(
+                [params[i] for i in indices], [directions[i] for i in indices], alpha=-rate * scale
+            )
+        self._keep_directions(params, list(directions), states)
 
 
 def _adam_scale(betas: tuple[float, float], step: int) -> float:
