@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -424,3 +426,20 @@ def test_choose_kappa_counts_floating_point_errors_and_gives_up_clearly() -> Non
     assert choose_kappa(raises, start=1e-3).kappa == pytest.approx(1e-7)
     with pytest.raises(ValueError, match="diverged"):
         choose_kappa(lambda kappa: True, start=1e-3, smallest=1e-6)
+
+
+# -------------------------------------------------------------------------------- docs
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "hypergradient.md"
+
+
+def test_docs_examples_run() -> None:
+    """Every python block of docs/hypergradient.md, in order, in one namespace."""
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S)
+    assert len(blocks) >= 4, "one runnable example per method"
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(DOCS), "exec"), namespace)
+    assert math.isfinite(namespace["optimizer"].param_groups[0]["lr"])
+    assert namespace["choice"].tried[0][1], "the example's κ procedure starts from a diverging κ"
+    assert len(namespace["result"].schedule) == 40
