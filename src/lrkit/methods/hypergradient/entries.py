@@ -57,14 +57,14 @@ register_method(
         summary="RTHO: η by forward-mode hypergradients of the validation loss, μ = 1, fixed β",
         kind="lrkit",
         make_optimizer=_marthe_factory(1),
-        defaults={**_MARTHE_INNER, "lr": 0.0, "mu": 1.0, "beta": 1e-6, "kappa": None},
+        defaults={**_MARTHE_INNER, "lr": 0.0, "mu": 1.0, "beta": 1e-4, "kappa": None},
         tunable=("beta",),
         base="sgd",
         capabilities=_marthe_capabilities(1),
         paper="Franceschi et al. 2017; " + DONINI,
     )
 )
-_MARTHE_DEFAULTS = {**_MARTHE_INNER, "lr": 0.0, "mu": "adaptive", "beta": 1e-8, "kappa": 1e-10}
+_MARTHE_DEFAULTS = {**_MARTHE_INNER, "lr": 0.0, "mu": "adaptive", "beta": 1e-8, "kappa": 1e-8}
 register_method(
     MethodSpec(
         name="marthe",

@@ -22,10 +22,10 @@ and β are global (equal in every group); momentum, nesterov, betas, eps, weight
 foreach may differ per group. A parameter contributes to h only when it moved at the
 previous step. One host synchronisation per ``step``: the finiteness check, which reuses the
 dot product (NaN/inf in the loss or the gradients raises FloatingPointError before anything
-changes) and brings η back as a Python number, so the update runs torch.optim's own
-kernels. Where u is the gradient itself (HDSGD without momentum and weight decay) the
-previous gradient tensor is kept, not copied (module text of ``_keep_directions``). Cost over
-the base: one dot product (docs/hypergradient.md, Cost).
+changes) and brings η back as a Python number, so the update runs torch.optim's
+multi-tensor kernels with a plain step size. Where u is the gradient itself (HDSGD without
+momentum and weight decay) the previous gradient tensor is kept, not copied
+(``_HypergradientDescent._keep_directions``). Cost over the base optimizer: one dot product.
 """
 
 from __future__ import annotations

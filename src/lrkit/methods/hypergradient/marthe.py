@@ -96,7 +96,7 @@ class MARTHE(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         mu: float | str = "adaptive",
         beta: float = 1e-8,
-        kappa: float | None = 1e-10,
+        kappa: float | None = 1e-8,
         hypergradient_clip: float | None = None,
         validation_every: int = 1,
         hvp: str = "double_backward",
