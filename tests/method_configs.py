@@ -35,6 +35,7 @@ HYPERGRADIENT_HPARAMS: dict[str, Any] = {"lr": 0.01, "beta": 1e-9, "kappa": 1e-1
 CONFORMANCE_HPARAMS: dict[str, dict[str, Any]] = {
     "adam": {"lr": 1e-2},
     "adamw": {"lr": 1e-2},
+    "nadamw": {"lr": 1e-2},
     "schedulefree_adamw": {"lr": 1e-2},
     "hd_sgd": {"lr": 0.01, "hypergrad_lr": 1e-6},
     "hd_adam": {"lr": 1e-2},
@@ -70,6 +71,17 @@ SKIPS: dict[str, dict[str, str]] = {
         "bfloat16": _BFLOAT16_STALLS.format(
             first="a total move of r_eps = reps_rel·(1 + |x0|), reps_rel = 1e-6", name="DoG"
         )
+    },
+    "mechanic": {
+        "bfloat16": _BFLOAT16_STALLS.format(
+            first="s_init·lr = 1e-8 per coordinate", name="Mechanic"
+        ),
+        "state_dict": "mechanic-pytorch keeps its reference point in optimizer.state['_mechanic'] "
+        "keyed by the parameter tensors themselves, so a loaded state refers to the saved "
+        "tensors, not the new model's parameters: its first step after loading raises "
+        "KeyError. Resume Mechanic only within one process (or keep the optimizer object).",
+        "ddp_state": "its state dict is keyed by parameter objects (see state_dict), which "
+        "differ between processes; the ranks' parameters are compared instead",
     },
 }
 

@@ -15,7 +15,7 @@ import torch
 
 import toy_methods
 from lrkit.cli import main
-from lrkit.harness import bench as bench_module
+from lrkit.harness import executors as executors_module
 from lrkit.harness.bench import run_suite
 from lrkit.harness.experiments import ArtifactRef, Contender, Experiment, Stage, Suite
 from lrkit.methods import BuildContext, Capabilities, get_method
@@ -149,7 +149,7 @@ def test_a_stage_makes_an_artifact_that_later_runs_consume_and_resume(
     def must_not_run(*args, **kwargs):
         raise AssertionError("resumed work was redone")
 
-    monkeypatch.setattr(bench_module, "train", must_not_run)
+    monkeypatch.setattr(executors_module, "train", must_not_run)
     again = run_suite(
         Suite(
             name=suite.name,
@@ -255,3 +255,19 @@ def test_graph_and_validation_closures_evaluate_at_given_parameters_without_touc
     tangent = {name: torch.ones_like(p) for name, p in params.items()}
     _, hvp = torch.func.jvp(torch.func.grad(lambda p: validation(p)), (params,), (tangent,))
     assert set(hvp) == set(params)
+
+
+DOCS = REPO / "docs" / "contract.md"
+
+
+@pytest.mark.parametrize(
+    ("index", "printed"),
+    [(0, "effective_lr"), (1, "instance_multiplier_mean"), (2, "meta_optimizer")],
+)
+def test_the_documented_loops_run(index: int, printed: str, capsys) -> None:
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S)
+    assert len(blocks) == 3
+    exec(compile(blocks[index], f"docs/contract.md block {index}", "exec"), {})
+    assert printed in capsys.readouterr().out

@@ -173,7 +173,8 @@ def test_ddp_matches_single_process(config: MethodConfig, ddp_results: list[dict
         assert not isinstance(result, str), f"{config.id} failed on rank {rank}: {result}"
     for p0, p1 in zip(per_rank[0]["params"], per_rank[1]["params"], strict=True):
         assert torch.equal(p0, p1), f"{config.id}: the ranks' parameters differ"
-    _assert_same(per_rank[1]["state"], per_rank[0]["state"], f"{config.id} state on rank 1")
+    if "ddp_state" not in config.skips:
+        _assert_same(per_rank[1]["state"], per_rank[0]["state"], f"{config.id} state on rank 1")
     single = train(config.id)
     initial = list(regression_task().build_model(0, torch.float64).parameters())
     for distributed, reference, start in zip(

@@ -133,7 +133,7 @@ def test_beale_minimum_is_zero_with_zero_gradient() -> None:
     loss.backward()
     assert float(loss.detach()) == 0.0
     assert torch.equal(model.position.grad, torch.zeros(2, dtype=torch.float64))
-    assert task.evaluate(model, data)["distance_to_minimum"] == 0.0
+    assert task.evaluate(model, data)["train_distance_to_minimum"] == 0.0
 
 
 def test_bukin6_minimum_location_and_smoothing() -> None:
@@ -333,3 +333,12 @@ def test_quadratic_deep_sgd_reaches_the_noise_floor() -> None:
     initial = quadratic_excess(task, task.build_model(0), data)
     model = train(task, data, "SGD", 0.01, 300)
     assert quadratic_excess(task, model, data) < 0.05 * initial
+
+
+def test_a_full_batch_task_trains_on_the_whole_set_as_it_is() -> None:
+    task = get_task("recht_regression")
+    data = task.load_data(0)
+    stream = task.train_batches(data, torch.Generator().manual_seed(0))
+    first, second = next(stream), next(stream)
+    assert torch.equal(first.inputs, data.train_inputs)
+    assert torch.equal(second.indices, torch.arange(data.num_train))

@@ -60,6 +60,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from lrkit.harness.bench import run_suite, select
+    from lrkit.harness.executors import default_workers, make_executor
+    from lrkit.harness.provenance import code_state
     from lrkit.harness.report import write_report
     from lrkit.suites import get_suite
 
@@ -69,15 +71,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.tasks or args.methods:
         suite = select(suite, tasks=_csv(args.tasks or ""), methods=_csv(args.methods or ""))
     command = shlex.join(["lrkit", *args.argv])
-    results = run_suite(
-        suite,
-        Path(args.out),
-        seeds=args.seeds,
-        command=command,
-        progress=not args.no_progress,
-        smoke=args.smoke,
-        device=args.device,
-    )
+    workers = args.workers or default_workers()
+    threads = args.threads or max(1, default_workers() // workers)
+    executor = make_executor(args.backend, workers, threads, code_state(), args.ray_address)
+    try:
+        results = run_suite(
+            suite,
+            Path(args.out),
+            executor,
+            seeds=args.seeds,
+            command=command,
+            progress=not args.no_progress,
+            smoke=args.smoke,
+            device=args.device,
+            allow_mixed=args.allow_mixed,
+            threads=threads,
+            backend=args.backend,
+        )
+    finally:
+        executor.close()
     write_report(results, Path(args.out), suite)
     held = [c for c in results.get("claims", []) if c["held"]]
     print(
@@ -189,6 +201,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale", default="cpu", help="cpu (default: runs here) or paper, where the suite has it"
     )
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="runs in parallel (default: the cores available); each run uses --threads "
+        "torch threads (default: cores // workers), so results do not depend on workers",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local worker processes (default) or a Ray cluster (pip install 'lrkit[ray]')",
+    )
+    p.add_argument("--ray-address", default=None, help="a running Ray cluster (default: local)")
+    p.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="resume run files recorded by another code state (the report says so)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_bench)
 

@@ -55,6 +55,9 @@ def iterate_batches(
     size = n if batch_size is None else batch_size
     if size <= 0:
         raise ValueError(f"batch_size must be positive, got {size}")
+    if not shuffle and size >= n:
+        yield Batch(inputs, targets, ids)  # the whole set, as it is (no copy)
+        return
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     stop = n - n % size if drop_last and n >= size else n
     for start in range(0, stop, size):

@@ -1,62 +1,59 @@
-"""`lrkit bench`: runs a suite's plan (experiments and stages), tunes contenders, and
-returns the results (the report is rendered by :mod:`lrkit.harness.report`).
+"""`lrkit bench`: runs a suite's plan (experiments and stages) and returns its results (the
+report is rendered by :mod:`lrkit.harness.report`).
 
 Layout of the output directory::
 
     DIR/runs/*.json       one file per finished run (what an interrupted bench resumes from)
     DIR/artifacts/*.json  one file per stage's artifact (resumed the same way)
-    DIR/results.json      suite, command, environment, runs, artifacts, summary, claims, cost
-    DIR/report.md, *.png  written by lrkit.harness.report
+    DIR/results.json      suite, command, environment, provenance, runs, tuning, artifacts,
+                          summary, claims, cost
 
-Tuning follows DeepOBS: every grid point runs with seed 0, the best by the task's primary
-metric (a diverged run is worst) is rerun with the remaining seeds.
+Contenders are tuned as :mod:`lrkit.harness.tuning` says; their runs go to an executor
+(:mod:`lrkit.harness.executors`: this process, worker processes, or Ray) in rounds, and the
+records are ordered by the plan, so results.json does not depend on the number of workers.
+A run file recorded by another code state is not resumed unless ``allow_mixed``; then the
+report says how many runs came from other code states.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
 import re
-import statistics
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-import lrkit
 from lrkit.harness.claims import evaluate_claims, evaluate_cost_claims
 from lrkit.harness.cost import measure_cost
-from lrkit.harness.experiments import (
-    ArtifactRef,
-    Contender,
-    Experiment,
-    Stage,
-    StageInputs,
-    Suite,
-)
+from lrkit.harness.executors import Executor, LocalExecutor, write_json
+from lrkit.harness.experiments import ArtifactRef, Experiment, Stage, StageInputs, Suite
 from lrkit.harness.progress import progress_bar
+from lrkit.harness.provenance import code_state, package_versions
 from lrkit.harness.results import (
     RunConfig,
-    downsample,
     experiment_results,
-    grid_points,
     hparam_text,
     reported_record,
     summarize,
 )
-from lrkit.harness.training import train
+from lrkit.harness.tuning import RunRequest, TuningRecord, contender_plan
 from lrkit.methods import get_method
 from lrkit.tasks import get_task
 
 
-def environment() -> dict[str, Any]:
+class MixedCodeStateError(RuntimeError):
+    """A run file in the output directory was recorded by another code state."""
+
+
+def environment(threads: int, workers: int, backend: str) -> dict[str, Any]:
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as handle:
@@ -65,13 +62,15 @@ def environment() -> dict[str, Any]:
     except OSError:
         pass
     return {
-        "lrkit": lrkit.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "packages": package_versions(),
         "platform": platform.platform(),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads,
+        "workers": workers,
+        "backend": backend,
         "cuda": torch.cuda.is_available(),
     }
 
@@ -89,27 +88,16 @@ def _file_text(hparams: Mapping[str, Any]) -> str:
     return hparam_text(short)
 
 
-def _run_file(directory: Path, experiment: str, label: str, hparams: dict, seed: int) -> Path:
-    stem = f"{experiment}__{label}__{_file_text(hparams)}__seed{seed}"
+def run_file(directory: Path, request: RunRequest) -> Path:
+    stem = (
+        f"{request.experiment.name}__{request.contender.name}__"
+        f"{_file_text(request.hparams)}__seed{request.seed}"
+    )
     return directory / "runs" / (re.sub(r"[^A-Za-z0-9_.=,+-]", "_", stem) + ".json")
 
 
-def _score(run: dict[str, Any], metric: str, maximize: bool) -> float:
-    value = run["final"].get(metric)
-    if run["diverged"] or value is None or not math.isfinite(value):
-        return -math.inf
-    return value if maximize else -value
-
-
-def _write_json(path: Path, value: Any) -> None:
-    """Writes ``value`` atomically (a crash never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value))
-    tmp.replace(path)
-
-
-def _read_json(path: Path, what: str) -> Any:
+def read_json(path: Path, what: str) -> Any:
+    """The JSON in ``path``; a clear error naming the file when it is not valid JSON."""
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -130,98 +118,151 @@ def _resolve(value: Any, artifacts: Mapping[str, dict[str, Any]]) -> Any:
     return value
 
 
+def _batch_size(experiment: Experiment) -> int | None:
+    """The experiment's batch size, capped by ``batch_size_cap`` (full batch stays full)."""
+    if experiment.batch_size_cap is None:
+        return experiment.batch_size
+    size = experiment.batch_size
+    if size is None:
+        size = get_task(experiment.task, **experiment.task_options).batch_size
+    return None if size is None else min(size, experiment.batch_size_cap)
+
+
+def _config(request: RunRequest, device: str | None) -> dict[str, Any]:
+    experiment, contender = request.experiment, request.contender
+    return RunConfig(
+        task=experiment.task,
+        method=contender.method,
+        seed=request.seed,
+        hparams=request.hparams,
+        task_options=dict(experiment.task_options),
+        steps=experiment.steps,
+        batch_size=_batch_size(experiment),
+        eval_every=experiment.eval_every,
+        log_every=experiment.log_every,
+        grad_clip=contender.grad_clip,
+        loss_thresholds=experiment.loss_thresholds,
+        eval_subset=experiment.eval_subset,
+        device=device,
+    ).__dict__
+
+
 @dataclass
 class Runner:
-    """Runs the planned configurations of a suite, resuming finished runs from disk."""
+    """Drives the contenders' tuning plans, resuming finished runs from disk."""
 
-    suite: Suite
     out: Path
     seeds: int
+    executor: Executor
+    bar: Any
     device: str | None = None
-    records: list[dict[str, Any]] = field(default_factory=list)
+    allow_mixed: bool = False
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tuning: list[TuningRecord] = field(default_factory=list)
     resumed: int = 0
+    mixed: int = 0
 
-    def run(
-        self, experiment: Experiment, contender: Contender, hparams: dict, seed: int, role: str
-    ) -> dict[str, Any]:
-        path = _run_file(self.out, experiment.name, contender.name, hparams, seed)
-        if path.exists():
-            record = _read_json(path, "run file")
-            self.resumed += 1
-        else:
-            config = RunConfig(
-                task=experiment.task,
-                method=contender.method,
-                seed=seed,
-                hparams=hparams,
-                task_options=dict(experiment.task_options),
-                steps=experiment.steps,
-                batch_size=experiment.batch_size,
-                eval_every=experiment.eval_every,
-                log_every=experiment.log_every,
-                grad_clip=contender.grad_clip,
-                loss_thresholds=experiment.loss_thresholds,
-                eval_subset=experiment.eval_subset,
-                device=self.device,
-            )
-            record = train(config)
-            record["curve"] = downsample(record["curve"])
-            _write_json(path, record)
-        record.update(experiment=experiment.name, label=contender.name, role=role)
-        self.records.append(record)
+    def _load(self, path: Path) -> dict[str, Any] | None:
+        if not path.exists():
+            return None
+        record = read_json(path, "run file")
+        recorded = record.get("provenance", {}).get("code_state")
+        current = code_state()["code_state"]
+        if recorded != current:
+            if not self.allow_mixed:
+                raise MixedCodeStateError(
+                    f"run file {path} was recorded by code state {recorded or 'unrecorded'}, "
+                    f"this is {current}; use a fresh --out directory, delete the old runs, or "
+                    "pass --allow-mixed to resume them anyway (the report will say so)"
+                )
+            self.mixed += 1
+        self.resumed += 1
         return record
 
-    def run_contender(self, experiment: Experiment, contender: Contender, bar) -> None:
-        task = get_task(experiment.task, **experiment.task_options)
-        seeds = experiment.seeds or self.seeds
-        resolved = replace(
-            contender,
-            hparams=_resolve(contender.hparams, self.artifacts),
-        )
-        points = grid_points(resolved)
-        if len(points) == 1:
-            for seed in range(seeds):
-                self.run(experiment, resolved, points[0], seed, "selected")
-                bar.update(1)
-            return
-        tuning_seeds = range(seeds) if contender.report_grid else range(1)
-        by_point: list[list[dict]] = []
-        for hparams in points:
-            runs = []
-            for seed in tuning_seeds:
-                runs.append(self.run(experiment, resolved, hparams, seed, "grid"))
-                bar.update(1)
-            by_point.append(runs)
-        scores = [
-            statistics.fmean(_score(r, task.primary_metric, task.maximize) for r in runs)
-            for runs in by_point
-        ]
-        best = max(range(len(points)), key=lambda i: scores[i])
-        for record in by_point[best]:
-            record["role"] = "selected"
-        for seed in range(len(tuning_seeds), seeds):
-            self.run(experiment, resolved, points[best], seed, "selected")
-            bar.update(1)
+    def execute(self, requests: list[RunRequest]) -> list[dict[str, Any]]:
+        """Records of ``requests`` in order: resumed from disk, or run by the executor."""
+        records: list[dict[str, Any] | None] = []
+        jobs, slots = [], []
+        for request in requests:
+            path = run_file(self.out, request)
+            record = self._load(path)
+            if record is None:
+                jobs.append((_config(request, self.device), str(path)))
+                slots.append(len(records))
+            else:
+                self.bar.update(1)
+            records.append(record)
+        for slot, record in zip(
+            slots, self.executor.map(jobs, lambda: self.bar.update(1)), strict=True
+        ):
+            records[slot] = record
+        for request, record in zip(requests, records, strict=True):
+            assert record is not None
+            record.update(
+                experiment=request.experiment.name, label=request.contender.name, role=request.role
+            )
+        return [r for r in records if r is not None]
 
-    def make_artifact(self, stage: Stage) -> None:
+    def run_experiments(self, experiments: list[Experiment]) -> list[dict[str, Any]]:
+        """Runs all contenders of ``experiments`` together, round by round; returns their
+        records in plan order."""
+        plans: list[tuple[Generator, list[dict[str, Any]]]] = []
+        for experiment in experiments:
+            task = get_task(experiment.task, **experiment.task_options)
+            for contender in experiment.contenders:
+                resolved = replace(contender, hparams=_resolve(contender.hparams, self.artifacts))
+                plan = contender_plan(
+                    experiment,
+                    resolved,
+                    experiment.seeds or self.seeds,
+                    task.selection_metric,
+                    task.maximize,
+                )
+                plans.append((plan, []))
+        pending: dict[int, list[RunRequest]] = {}
+        for index, (plan, _) in enumerate(plans):
+            pending[index] = next(plan)
+        while pending:
+            order = sorted(pending)
+            batch = [request for index in order for request in pending[index]]
+            records = self.execute(batch)
+            cursor, pending_next = 0, {}
+            for index in order:
+                count = len(pending[index])
+                chunk, cursor = records[cursor : cursor + count], cursor + count
+                plan, collected = plans[index]
+                collected.extend(chunk)
+                try:
+                    pending_next[index] = plan.send(chunk)
+                except StopIteration as done:
+                    if done.value is not None:
+                        self.tuning.append(done.value)
+                else:
+                    extension = [r for r in pending_next[index] if r.role != "selected"]
+                    if extension:  # a grid extension: runs count_runs did not foresee
+                        self.bar.total += len(extension)
+                        self.bar.refresh()
+            pending = pending_next
+        return [record for _, collected in plans for record in collected]
+
+    def make_artifact(self, stage: Stage, records: list[dict[str, Any]]) -> None:
         path = self.out / "artifacts" / f"{stage.name}.json"
         if path.exists():
-            self.artifacts[stage.name] = _read_json(path, "artifact file")
+            self.artifacts[stage.name] = read_json(path, "artifact file")
             return
         inputs = StageInputs(
             runs={
-                name: [r for r in self.records if r["experiment"] == name]
-                for name in stage.experiments
+                name: [r for r in records if r["experiment"] == name] for name in stage.experiments
             },
             artifacts={name: self.artifacts[name] for name in stage.artifacts},
         )
         artifact = stage.build(inputs)
-        _write_json(path, artifact)
+        write_json(path, artifact)
         self.artifacts[stage.name] = artifact
 
 
 def count_runs(suite: Suite, seeds: int) -> int:
+    """Runs of the plan before any grid extension."""
     total = 0
     for experiment in suite.experiments:
         n = experiment.seeds or seeds
@@ -234,7 +275,7 @@ def count_runs(suite: Suite, seeds: int) -> int:
             elif contender.report_grid:
                 total += points * n
             else:
-                total += points + n - 1
+                total += points + n
     return total
 
 
@@ -242,7 +283,8 @@ def select(
     suite: Suite, *, tasks: list[str] | None = None, methods: list[str] | None = None
 ) -> Suite:
     """The suite restricted to the given tasks and methods (by task name / method name or
-    contender label). Stages stay when every experiment they read stays."""
+    contender label). Stages stay when everything they read stays; claims across
+    experiments go; cost checks stay for the kept tasks and methods."""
     plan: list[Experiment | Stage] = []
     kept: set[str] = set()
     for item in suite.plan:
@@ -261,7 +303,13 @@ def select(
             kept.add(item.name)
     if not any(isinstance(item, Experiment) for item in plan):
         raise ValueError("the --tasks/--methods filters leave no experiment to run")
-    return replace(suite, plan=tuple(plan))
+    costs = tuple(
+        replace(check, methods=tuple(m for m in check.methods if not methods or m in methods))
+        for check in suite.costs
+        if not tasks or check.task in tasks
+    )
+    costs = tuple(check for check in costs if check.methods)
+    return replace(suite, plan=tuple(plan), claims=(), costs=costs)
 
 
 def check_available(suite: Suite) -> None:
@@ -281,7 +329,7 @@ def finalize(results: dict[str, Any], suite: Suite) -> dict[str, Any]:
     """Adds the summary rows and the claim verdicts computed from ``results["runs"]``
     (what `lrkit bench` does after its runs and `lrkit report` does again)."""
     results["summary"] = summarize(suite, results["runs"])
-    results["claims"] = evaluate_claims(experiment_results(suite, results["runs"]))
+    results["claims"] = evaluate_claims(experiment_results(suite, results["runs"]), suite.claims)
     results["claims"] += evaluate_cost_claims(results.get("cost", []))
     return results
 
@@ -289,32 +337,48 @@ def finalize(results: dict[str, Any], suite: Suite) -> dict[str, Any]:
 def run_suite(
     suite: Suite,
     out: Path,
+    executor: Executor | None = None,
     *,
     seeds: int | None = None,
     command: str | None = None,
     progress: bool = True,
     smoke: bool = False,
     device: str | None = None,
+    allow_mixed: bool = False,
+    threads: int = 1,
+    backend: str = "local",
 ) -> dict[str, Any]:
-    """Runs (or resumes) ``suite`` into ``out`` and returns the results (also written to
+    """Runs (or resumes) ``suite`` into ``out`` with ``executor`` (default: this process,
+    ``threads`` torch threads) and returns the results (also written to
     ``out/results.json``)."""
+    if executor is None:
+        executor = LocalExecutor(1, threads, code_state())
     out.mkdir(parents=True, exist_ok=True)
     n_seeds = seeds or suite.seeds
     check_available(suite)
     started = time.time()
-    runner = Runner(suite, out, n_seeds, device)
     bar = progress_bar(count_runs(suite, n_seeds), f"lrkit bench {suite.name}", progress, "run")
-    for item in suite.plan:
-        if isinstance(item, Stage):
-            runner.make_artifact(item)
+    runner = Runner(out, n_seeds, executor, bar, device, allow_mixed)
+    records: list[dict[str, Any]] = []
+    segment: list[Experiment] = []
+    for item in (*suite.plan, None):
+        if isinstance(item, Experiment):
+            segment.append(item)
             continue
-        for contender in item.contenders:
-            runner.run_contender(item, contender, bar)
+        if segment:
+            records += runner.run_experiments(segment)
+            segment = []
+        if isinstance(item, Stage):
+            runner.make_artifact(item, records)
     bar.close()
     cost_rows = []
     for check in suite.costs:
         for row in measure_cost(
-            check.task, list(check.methods), steps=check.steps, memory=check.memory
+            check.task,
+            list(check.methods),
+            steps=check.steps,
+            memory=check.memory,
+            repeats=check.repeats,
         ):
             targeted = row["method"] in check.methods
             row["max_ratio"] = check.max_ratio if targeted else None
@@ -325,16 +389,19 @@ def run_suite(
         "scale": suite.scale,
         "smoke": smoke,
         "command": command or " ".join(["lrkit", *sys.argv[1:]]),
-        "environment": environment(),
+        "provenance": code_state(),
+        "environment": environment(threads, executor.workers, backend),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
         "duration_s": time.time() - started,
         "resumed_runs": runner.resumed,
-        "train_time_s": sum(r["train_time_s"] for r in runner.records),
+        "mixed_runs": runner.mixed,
+        "train_time_s": sum(r["train_time_s"] for r in records),
         "seeds": n_seeds,
-        "runs": [reported_record(r) for r in runner.records],
+        "runs": [reported_record(r) for r in records],
+        "tuning": [t.to_dict() for t in runner.tuning],
         "artifacts": runner.artifacts,
         "cost": cost_rows,
     }
     finalize(results, suite)
-    _write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     return results

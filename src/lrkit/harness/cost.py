@@ -153,21 +153,35 @@ def measure_cost(
     seed: int = 0,
     batch_size: int | None = None,
     memory: bool = True,
+    repeats: int = 3,
 ) -> list[dict[str, Any]]:
-    """Rows with keys method, base, ms_per_step, ratio_to_base, peak_memory_mb."""
+    """Rows with keys method, base, ms_per_step, ratio_to_base (the median over ``repeats``
+    interleaved measurements of the ratio of medians), ratio_min, ratio_max, repeats and
+    peak_memory_mb."""
     names = with_bases(methods)
-    times = measure_step_times(task_name, names, steps, warmup, seed, batch_size)
-    medians = {name: statistics.median(values) for name, values in times.items()}
+    medians: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        times = measure_step_times(task_name, names, steps, warmup, seed, batch_size)
+        for name, values in times.items():
+            medians[name].append(statistics.median(values))
     rows = []
     for name in names:
         base = get_method(name).base
+        ratios = (
+            None
+            if base is None
+            else [ours / theirs for ours, theirs in zip(medians[name], medians[base], strict=True)]
+        )
         rows.append(
             {
                 "task": task_name,
                 "method": name,
                 "base": base,
-                "ms_per_step": medians[name],
-                "ratio_to_base": None if base is None else medians[name] / medians[base],
+                "ms_per_step": statistics.median(medians[name]),
+                "ratio_to_base": None if ratios is None else statistics.median(ratios),
+                "ratio_min": None if ratios is None else min(ratios),
+                "ratio_max": None if ratios is None else max(ratios),
+                "repeats": repeats,
                 "peak_memory_mb": (
                     peak_memory_mb(task_name, name, min(steps, 20), seed, batch_size)
                     if memory

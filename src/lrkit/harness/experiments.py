@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 SMOKE_STEPS = 12
 SMOKE_EVAL_ROWS = 256
+SMOKE_BATCH_CAP = 32
 SCALES = ("cpu", "paper")
 
 
@@ -60,18 +62,20 @@ class Contender:
 
 @dataclass(frozen=True)
 class Claim:
-    """A paper's statement and how to check it on one experiment's measured results.
+    """A paper's statement and how to check it on measured results.
 
     Args:
         name: a stable identifier (results.json, tests).
         text: the statement, with where in the paper it stands.
-        check: ``check(result)`` with the :class:`lrkit.harness.results.ExperimentResult`
-            → (held: True/False, or None when the numbers cannot decide; measured text).
+        check: for a claim of an experiment, ``check(result)`` with its
+            :class:`lrkit.harness.results.ExperimentResult`; for a claim of the suite,
+            ``check(results)`` with a mapping experiment name → result. Returns a
+            :class:`lrkit.harness.claims.Verdict`.
     """
 
     name: str
     text: str
-    check: Callable[[Any], tuple[bool | None, str]]
+    check: Callable[[Any], Any]
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,13 @@ class Experiment:
         eval_subset: evaluate on the first rows of the test set only (smoke runs).
         notes: text for the report.
         extra: ``extra(result)`` → Markdown for a table only this experiment has.
+        figure: ``figure(result, out)`` → the path of a figure only this experiment has
+            (written into ``out``), or None.
+        deterministic: no data sampling and a fixed start (one run is exact; seeds repeat
+            it), so verdicts compare values without a noise rule.
+        grid_extensions: how many log steps a grid may grow on each side while its best
+            point sits on that edge.
+        batch_size_cap: the largest mini-batch (smoke runs; full-batch tasks are left alone).
     """
 
     name: str
@@ -109,10 +120,15 @@ class Experiment:
     eval_subset: int | None = None
     notes: str = ""
     extra: Callable[[Any], str] | None = None
+    figure: Callable[[Any, Path], Path | None] | None = None
+    deterministic: bool = False
+    grid_extensions: int = 3
+    batch_size_cap: int | None = None
 
     def smoke(self) -> Experiment:
-        """A few steps of every contender, one seed, grids cut to their first two points,
-        evaluation on the first rows of the test set."""
+        """A few steps of every contender, one seed, grids cut to their first two points and
+        extended at most once, mini-batches of at most SMOKE_BATCH_CAP rows, evaluation on
+        the first rows of the validation and test sets."""
         return replace(
             self,
             steps=SMOKE_STEPS,
@@ -120,6 +136,8 @@ class Experiment:
             log_every=1,
             seeds=1,
             eval_subset=SMOKE_EVAL_ROWS,
+            batch_size_cap=SMOKE_BATCH_CAP,
+            grid_extensions=min(1, self.grid_extensions),
             contenders=tuple(
                 replace(contender, grid={k: v[:2] for k, v in contender.grid.items()})
                 for contender in self.contenders
@@ -167,6 +185,7 @@ class CostCheck:
     steps: int = 100
     memory: bool = True
     source: str = ""
+    repeats: int = 3
 
 
 @dataclass(frozen=True)
@@ -182,6 +201,8 @@ class Suite:
         costs: cost checks made after the runs.
         scale: "cpu" (runs on this kind of machine) or "paper" (the paper's models, data and
             epochs).
+        claims: claims that read several experiments (a trend across batch sizes, one
+            setting against another).
     """
 
     name: str
@@ -191,6 +212,7 @@ class Suite:
     scaled: str = ""
     costs: tuple[CostCheck, ...] = ()
     scale: str = "cpu"
+    claims: tuple[Claim, ...] = ()
 
     def __post_init__(self) -> None:
         names = [item.name for item in self.plan]
@@ -219,5 +241,5 @@ class Suite:
     def smoke(self) -> Suite:
         """The CI version: every experiment, stage and contender for a few steps."""
         plan = tuple(item.smoke() if isinstance(item, Experiment) else item for item in self.plan)
-        costs = tuple(replace(cost, steps=3, memory=False) for cost in self.costs)
+        costs = tuple(replace(cost, steps=3, memory=False, repeats=1) for cost in self.costs)
         return replace(self, plan=plan, seeds=1, costs=costs)

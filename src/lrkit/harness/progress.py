@@ -6,6 +6,11 @@ from typing import Any
 
 
 class _NoBar:
+    total = 0
+
+    def refresh(self) -> None:
+        pass
+
     def update(self, n: int = 1) -> None:
         pass
 

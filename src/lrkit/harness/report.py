@@ -1,19 +1,49 @@
-"""The Markdown report and PNG plots of a bench run, rendered from its results (what
-``lrkit bench`` returns and results.json holds): summary tables (mean ± std over seeds),
-the tuned hyperparameters, each claim's verdict with its measured numbers, and curves.
+"""The Markdown report of a bench run, rendered from its results (what ``lrkit bench``
+returns and results.json holds): provenance, the protocol, the verdicts at a glance, and per
+experiment its table, the grids the baselines were tuned on, its claims and its figures.
 Verdicts are read from the results, never decided here."""
 
 from __future__ import annotations
 
-import math
-import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lrkit.harness.experiments import Suite
+from lrkit.harness.plots import plot_experiment, plot_sensitivity, plot_verdicts
 from lrkit.harness.results import ExperimentResult, experiment_results, fmt, mean_std
+from lrkit.harness.statistics import CONFIDENCE, MIN_SEEDS
+from lrkit.harness.tuning import TUNING_SEED
+from lrkit.methods import METHODS
+
+VERDICT_WORDS = {True: "held", False: "did not hold", None: "undecided"}
+
+
+def metric_heading(metric: str) -> str:
+    """Column headings that say what they measure."""
+    if metric.startswith("steps_to_"):
+        level = float(metric.removeprefix("steps_to_"))
+        return f"steps to {level:.0e} × initial loss".replace("e-0", "e-")
+    if metric.startswith("time_to_"):
+        level = float(metric.removeprefix("time_to_"))
+        return f"seconds to {level:.0e} × initial loss".replace("e-0", "e-")
+    return metric
+
+
+def format_value(value: Any) -> str:
+    """Hyperparameter values one way: numbers with 4 significant digits (scientific when
+    small or large), everything else as written."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return fmt(float(value))
+
+
+def _hyperparameters(label: str, method: str, hparams: dict[str, Any]) -> str:
+    """The values a run used: the method's documented defaults overridden by the suite's."""
+    spec = METHODS.get(method)
+    merged = {**(spec.defaults if spec else {}), **hparams}
+    shown = {k: v for k, v in merged.items() if k != "schedule_options"}
+    return ", ".join(f"{k}={format_value(v)}" for k, v in shown.items()) or "—"
 
 
 def _table(result: ExperimentResult) -> list[str]:
@@ -21,64 +51,191 @@ def _table(result: ExperimentResult) -> list[str]:
     labels = list(dict.fromkeys(row["method"] for row in result.rows))
     arrow = "↑" if result.maximize else "↓"
     header = ["method", "hyperparameters"] + [
-        f"{m} {arrow}" if m == result.primary_metric else m for m in metrics
+        f"{metric_heading(m)} {arrow}" if m == result.primary_metric else metric_heading(m)
+        for m in metrics
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    methods = {r["label"]: r["config"]["method"] for r in result.runs}
     for label in labels:
         first = result.row(label, metrics[0]) or {}
-        hparams = first.get("hparams", {})
-        cells = [
-            label,
-            ", ".join(f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in hparams.items())
-            or "defaults",
-        ]
+        method = methods.get(label.split(" [")[0], label)
+        cells = [label, _hyperparameters(label, method, first.get("hparams", {}))]
         cells += [mean_std(result.row(label, m)) for m in metrics]
+        failed = []
         if first.get("diverged"):
-            cells[0] += f" ({first['diverged']}/{first['runs']} diverged)"
+            failed.append(f"{first['diverged']}/{first['runs']} diverged")
+        if first.get("at_chance"):
+            failed.append(f"{first['at_chance']}/{first['runs']} at chance")
+        if failed:
+            cells[0] += f" ({', '.join(failed)})"
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-_VERDICT_WORDS = {True: "**held**", False: "**did not hold**", None: "**undecided**"}
+def _grids(result: ExperimentResult, tuning: list[dict[str, Any]]) -> list[str]:
+    entries = [t for t in tuning if t["experiment"] == result.experiment.name]
+    if not entries:
+        return []
+    lines = [
+        "",
+        "Grids (selection on the validation split, or the training loss where it is the "
+        "objective; score per point; ✔ selected; ⚠ still on an edge after extension):",
+        "",
+        "| contender | tuned | selected on | seed | grid: score |",
+        "|---|---|---|---|---|",
+    ]
+    for entry in entries:
+        points = []
+        for value, score in zip(entry["values"], entry["scores"], strict=True):
+            mark = " ✔" if value == entry["selected"] else ""
+            shown = "failed" if score is None else fmt(abs(score))
+            points.append(f"{format_value(value)}: {shown}{mark}")
+        edge = " ⚠ edge" if entry["at_edge"] else ""
+        extended = f" (+{entry['extended']} extended)" if entry["extended"] else ""
+        lines.append(
+            f"| {entry['contender']}{edge} | {entry['hyperparameter']}{extended} | "
+            f"{entry['selection_metric']} | {entry['seed']} | {'; '.join(points)} |"
+        )
+    return lines
 
 
 def _claim_lines(claims: list[dict[str, Any]], experiment: str) -> list[str]:
-    return [
-        f"- {_VERDICT_WORDS[c['held']]} — {c['claim']} Measured: {c['measured']}"
-        for c in claims
-        if c["experiment"] == experiment
+    lines = []
+    for claim in claims:
+        if claim["experiment"] != experiment:
+            continue
+        lines.append(f"- **{_verdict(claim)}** — {claim['claim']} Measured: {claim['measured']}")
+    return lines
+
+
+def _verdict(claim: dict[str, Any]) -> str:
+    """ "held (tie)": the verdict, and the comparison's outcome where it adds to it."""
+    word = VERDICT_WORDS[claim["held"]]
+    outcome = claim.get("outcome")
+    return f"{word} ({outcome})" if outcome and outcome != word else word
+
+
+def _at_a_glance(claims: list[dict[str, Any]], figure: Path | None) -> list[str]:
+    if not claims:
+        return []
+    held = Counter(VERDICT_WORDS[c["held"]] for c in claims)
+    outcomes = Counter(c["outcome"] for c in claims if c.get("outcome"))
+    lines = [
+        "",
+        "## Claims at a glance: "
+        + ", ".join(f"{held[w]} {w}" for w in ("held", "did not hold", "undecided")),
+        "",
+        "Comparisons: "
+        + ", ".join(f"{outcomes[o]} {o}" for o in ("better", "tie", "worse", "undecided"))
+        + f". Rule: Welch {CONFIDENCE:.0%} interval of the difference (log10 where stated), "
+        f"at least {MIN_SEEDS} seeds a side, else undecided; 'at least as good' holds on "
+        "better or tie, 'beats' only on better; a method that failed (diverged, or ended at "
+        "chance level) on more seeds than its baseline is worse.",
+        "",
     ]
+    if figure is not None:
+        lines += ["", f"![verdicts]({figure.name})"]
+    lines += [
+        "",
+        "| experiment | claim | verdict | effect [95 % interval] | n |",
+        "|---|---|---|---|---|",
+    ]
+    for claim in claims:
+        comparison = claim.get("comparison") or {}
+        effect = "—"
+        if comparison.get("effect") is not None:
+            unit = " dec" if comparison["scale"] == "log10" else ""
+            effect = f"{comparison['effect']:+.3g}{unit}"
+            if comparison["low"] != comparison["high"]:
+                effect += f" [{comparison['low']:+.3g}, {comparison['high']:+.3g}]"
+        n = f"{comparison['n_method']} vs {comparison['n_baseline']}" if comparison else "—"
+        lines.append(
+            f"| {claim['experiment']} | {claim['claim']} | {_verdict(claim)} | {effect} | {n} |"
+        )
+    return lines
 
 
-def write_report(results: dict[str, Any], out: Path, suite: Suite) -> Path:
-    """Writes report.md and the PNG plots of ``results`` (a finalized results dict) into
-    ``out``; returns the report's path."""
+def _header(results: dict[str, Any], suite: Suite) -> list[str]:
     env = results["environment"]
+    provenance = results.get("provenance") or {}
+    state = provenance.get("code_state") or "not a git checkout"
+    if provenance.get("dirty"):
+        state += " (uncommitted changes)"
+    packages = ", ".join(
+        f"{name} {version}" for name, version in env.get("packages", {}).items() if version
+    )
     lines = [
         f"# lrkit bench `{results['suite']}`" + (" (smoke run)" if results.get("smoke") else ""),
         "",
         suite.description,
         "",
         f"- Command: `{results['command']}`",
-        f"- Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']} "
-        f"({env['torch_threads']} threads), Python {env['python']}, {env['platform']}",
-        f"- Started {results['started']}; duration {results['duration_s'] / 60:.1f} min"
+        f"- Code: lrkit {provenance.get('lrkit', '?')}, commit {state}",
+        f"- Machine: {env['cpu']}, {env['cpu_count']} cores; {env.get('workers', 1)} worker(s) "
+        f"× {env['torch_threads']} torch thread(s) per run; Python {env['python']}, "
+        f"{env['platform']}",
+        f"- Packages: {packages or 'torch ' + env['torch']}",
+        f"- Started {results['started']}; wall time {results['duration_s'] / 60:.1f} min"
         + (
-            f" (this invocation; {results['resumed_runs']} of the runs were resumed from an "
-            "earlier one)"
+            f" (this invocation; {results['resumed_runs']} runs resumed from earlier ones)"
             if results.get("resumed_runs")
             else ""
         )
-        + f"; summed training time of all runs {results.get('train_time_s', 0) / 60:.1f} min; "
-        f"{len(results['runs'])} runs; seeds per configuration: {results['seeds']}",
-        "- Tuning (DeepOBS protocol): every grid point runs with seed 0, the best by the "
-        "task's primary metric (diverged = worst) is rerun with the other seeds; seed 0 is "
-        "reused, which favours the tuned baselines. Values are mean ± std over seeds "
-        "(n/N where some runs diverged or never reached a threshold).",
+        + f"; summed training time {results.get('train_time_s', 0) / 60:.1f} min; "
+        f"{len(results['runs'])} runs; reported seeds per configuration: {results['seeds']}",
+    ]
+    if results.get("mixed_runs"):
+        lines.append(
+            f"- **Mixed code states:** {results['mixed_runs']} resumed runs were recorded by "
+            "another code state (resumed with --allow-mixed)."
+        )
+    lines += [
+        f"- Protocol: tuned hyperparameters are selected on the validation split (the "
+        f"training loss where it is the task's objective) with seed {TUNING_SEED}, which no "
+        "reported run uses; a grid whose best point sits on an edge is extended by one log "
+        "step, as often as the experiment allows (3 times a side unless stated). The winner "
+        "and every untuned method run with the reported seeds 0…N−1; tables show mean ± std "
+        "over them (n/N where some runs failed or never reached a threshold). Figures show "
+        "medians with the interquartile band.",
     ]
     if suite.scaled:
-        lines += [f"- Scaled to this machine: {suite.scaled}"]
+        lines.append(f"- Scaled to this machine: {suite.scaled}")
+    return lines
+
+
+def _cost_section(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "## Cost per training step",
+        "",
+        "Milliseconds per full step (forward, backward, update), methods interleaved step by "
+        "step in one process on the same batches; the ratio to the base optimizer is the "
+        "median over repeated measurements (min–max beside it), each the ratio of medians of "
+        "one interleaved run. Peak memory: growth of the peak RSS of a child process running "
+        "only that method.",
+        "",
+        "| task | method | base | ms/step | ratio to base (min–max) | target | peak MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        target = row.get("max_ratio")
+        ratio = fmt(row["ratio_to_base"])
+        if row.get("ratio_min") is not None:
+            ratio += f" ({row['ratio_min']:.3f}–{row['ratio_max']:.3f})"
+        lines.append(
+            f"| {row['task']} | {row['method']} | {row['base'] or '—'} | "
+            f"{row['ms_per_step']:.3f} | {ratio} | {'≤ ' + fmt(target) if target else '—'} | "
+            f"{fmt(row['peak_memory_mb'])} |"
+        )
+    return lines
+
+
+def write_report(results: dict[str, Any], out: Path, suite: Suite) -> Path:
+    """Writes report.md and the PNG figures of ``results`` (a finalized results dict) into
+    ``out``; returns the report's path."""
     claims = results.get("claims", [])
+    tuning = results.get("tuning", [])
+    lines = _header(results, suite)
     summary_at = len(lines)
     for result in experiment_results(suite, results["runs"]):
         exp = result.experiment
@@ -87,137 +244,32 @@ def write_report(results: dict[str, Any], out: Path, suite: Suite) -> Path:
             f"## {exp.title}",
             "",
             f"Task `{exp.task}`"
-            + (f" {exp.task_options}" if exp.task_options else "")
-            + f"; primary metric `{result.primary_metric}`.",
+            + (f" {dict(exp.task_options)}" if exp.task_options else "")
+            + f"; primary metric `{result.primary_metric}`"
+            + (" (deterministic: one run is exact)" if exp.deterministic else "")
+            + ".",
         ]
         if exp.notes:
             lines += ["", exp.notes]
-        lines += ["", *_table(result)]
+        lines += ["", *_table(result), *_grids(result, tuning)]
         claim_lines = _claim_lines(claims, exp.name)
         if claim_lines:
             lines += ["", "Claims:", "", *claim_lines]
         if exp.extra is not None:
             lines += ["", exp.extra(result)]
-        plot = plot_experiment(result, out)
-        if plot is not None:
-            lines += ["", f"![{exp.name}]({plot.name})"]
+        plots = [plot_experiment(result, out), plot_sensitivity(result, tuning, out)]
+        if exp.figure is not None:
+            plots.append(exp.figure(result, out))
+        for plot in plots:
+            if plot is not None:
+                lines += ["", f"![{plot.stem}]({plot.name})"]
+    suite_claims = _claim_lines(claims, "suite")
+    if suite_claims:
+        lines += ["", "## Claims across experiments", "", *suite_claims]
     if results.get("cost"):
         lines += _cost_section(results["cost"]) + ["", *_claim_lines(claims, "cost")]
-    lines[summary_at:summary_at] = _claims_at_a_glance(claims)
+    figure = plot_verdicts(claims, out, f"lrkit bench {results['suite']}: verdicts")
+    lines[summary_at:summary_at] = _at_a_glance(claims, figure)
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
-
-
-def _claims_at_a_glance(claims: list[dict[str, Any]]) -> list[str]:
-    if not claims:
-        return []
-    verdicts = {True: "held", False: "did not hold", None: "undecided"}
-    held = sum(1 for c in claims if c["held"])
-    lines = [
-        "",
-        f"## Claims at a glance: {held} of {len(claims)} held",
-        "",
-        "| experiment | claim | verdict |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {c['experiment']} | {c['claim']} | {verdicts[c['held']]} |" for c in claims]
-    return lines
-
-
-def _cost_section(rows: list[dict[str, Any]]) -> list[str]:
-    """The step-cost table: ratios of medians measured interleaved in one process."""
-    lines = [
-        "",
-        "## Cost per training step",
-        "",
-        "Median ms per full step (forward, backward, update), methods interleaved step by step "
-        "in one process on the same batches; the ratio is to the base optimizer's median from "
-        "the same run. Peak memory: growth of the peak RSS of a child process running only "
-        "that method.",
-        "",
-        "| task | method | base | ms/step | ratio to base | target | peak MB |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        target = row.get("max_ratio")
-        lines.append(
-            f"| {row['task']} | {row['method']} | {row['base'] or '—'} | "
-            f"{row['ms_per_step']:.3f} | {fmt(row['ratio_to_base'])} | "
-            f"{'≤ ' + fmt(target) if target else '—'} | {fmt(row['peak_memory_mb'])} |"
-        )
-    return lines
-
-
-PLOT_LIMIT = 1e100
-
-
-def _mean_curve(runs: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Mean over seeds, up to the shortest run; diverged runs are left out unless every
-    seed diverged."""
-    finished = [r for r in runs if not r["diverged"]] or runs
-    series = [(r["curve"]["step"], r["curve"][key]) for r in finished if key in r["curve"]]
-    if not series:
-        return None
-    length = min(len(s[0]) for s in series)
-    if length == 0:
-        return None
-    steps = np.asarray(series[0][0][:length], dtype=float)
-    values = np.asarray([s[1][:length] for s in series], dtype=float)
-    return steps, _mean_over_seeds(values)
-
-
-def _mean_over_seeds(values: np.ndarray) -> np.ndarray:
-    """The mean over axis 0 of the drawable values: inf, NaN and magnitudes beyond
-    PLOT_LIMIT (a diverged run on its way to overflow; matplotlib's log axes fail on values
-    near 1e300) leave a gap in the plot."""
-    finite = np.where(np.abs(values) <= PLOT_LIMIT, values, np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a step where no seed is finite
-        return np.nanmean(finite, axis=0)
-
-
-def plot_experiment(result: ExperimentResult, out: Path) -> Path | None:
-    """Training loss, learning rate (effective LR where the method reports one) and the
-    primary metric against steps, mean over the selected seeds of each method."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    labels = list(dict.fromkeys(r["label"] for r in result.runs if r["role"] == "selected"))
-    if not labels:
-        return None
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for label in labels:
-        runs = result.selected_runs(label)
-        loss = _mean_curve(runs, "train_loss")
-        if loss is not None:
-            axes[0].plot(*loss, label=label)
-        lr_key = "effective_lr" if any("effective_lr" in r["curve"] for r in runs) else "lr"
-        lr = _mean_curve(runs, lr_key)
-        if lr is not None and np.any(lr[1] > 0):
-            # a learned LR may sit at exactly 0 (hypergradient methods clamp η at 0): a gap
-            # on the log axis, not a point at -inf
-            axes[1].plot(lr[0], np.where(lr[1] > 0, lr[1], np.nan), label=label)
-        metric_runs = [
-            [(e["step"], e.get(result.primary_metric, math.nan)) for e in r["evals"]] for r in runs
-        ]
-        length = min(len(m) for m in metric_runs)
-        steps = [m[0] for m in metric_runs[0][:length]]
-        values = _mean_over_seeds(np.asarray([[v for _, v in m[:length]] for m in metric_runs]))
-        axes[2].plot(steps, values, marker=".", label=label)
-    axes[0].set(title="training loss (logged mean)", xlabel="step", yscale="log")
-    axes[1].set(title="learning rate (effective LR for L4)", xlabel="step", yscale="log")
-    axes[2].set(title=result.primary_metric, xlabel="step")
-    if not result.maximize:
-        axes[2].set_yscale("log")
-    axes[2].legend(fontsize=7, loc="best")
-    fig.suptitle(result.experiment.title)
-    fig.tight_layout()
-    path = out / f"{result.experiment.name}.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path

@@ -12,9 +12,17 @@ A run record is a JSON-ready dict, built only by :func:`run_record`::
     evals           [{step, metrics...}] at step 0, every eval_every steps and at the end
     final           the last evaluation's metrics, plus train_loss_end (last logged loss)
     thresholds      relative loss level → {step, time_s} of its first crossing, or None
+    num_classes     classes of a classification task (for the chance-level rule), or None
     solver_message  (solvers only) the solver's closing message
+    schedule        (solvers that learn one, e.g. lrs_opt) {step, lr}: the learned LR per
+                    training step, replayable with the "replay" schedule
 
-The bench runner adds ``experiment``, ``label`` and ``role`` ("grid" or "selected").
+The bench runner adds ``experiment``, ``label``, ``role`` ("grid": a tuning run, or
+"selected": a reported run) and ``provenance`` (code state, versions, threads).
+
+A run *failed* when it diverged or ended at chance level (accuracy below 1/C +
+``CHANCE_MARGIN``): a failed run has no value in summaries, tuning ranks it last, and
+verdicts count it against its method (:func:`run_failure`).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from lrkit.tasks import get_task
 CURVE_KEYS = ("step", "train_loss", "time_s")
 CURVE_POINTS_KEPT = 400
 REPORTED_CURVE_POINTS = 120
+CHANCE_MARGIN = 0.05
 
 
 @dataclass
@@ -46,7 +55,8 @@ class RunConfig:
         grad_clip: clip the global gradient norm before each step.
         dtype: "float32", "float64" or "bfloat16" (default: the task's own).
         loss_thresholds: relative training-loss levels whose first crossing is recorded.
-        eval_subset: evaluate on the first rows of the test set only (smoke runs).
+        eval_subset: evaluate on the first rows of the validation and test sets only (smoke
+            runs; the validation batches of methods that need them come from those rows too).
         device: "cpu" or "cuda" (default: cpu).
     """
 
@@ -182,10 +192,14 @@ def fmt(value: float | None, digits: int = 4) -> str:
 
 
 def mean_std(row: dict[str, Any] | None) -> str:
-    """``mean ± std`` of a summary row, with n/N where some runs gave no value."""
+    """``mean ± std`` of a summary row (``value (n = 1)`` for a single value), with n/N where
+    some runs gave no value."""
     if row is None or row["mean"] is None:
         return "—"
-    text = f"{fmt(row['mean'])} ± {fmt(row['std'], 2)}"
+    if row["n"] == 1:
+        text = f"{fmt(row['mean'])} (n = 1)"
+    else:
+        text = f"{fmt(row['mean'])} ± {fmt(row['std'], 2)}"
     return text if row["n"] == row["runs"] else f"{text} ({row['n']}/{row['runs']})"
 
 
@@ -202,6 +216,14 @@ class ExperimentResult:
     runs: list[dict[str, Any]]
     rows: list[dict[str, Any]]
 
+    def values(self, label: str, metric: str | None = None) -> list[float]:
+        """The metric's values over the selected runs of ``label`` (failed runs left out)."""
+        return metric_values(self.selected_runs(label), metric or self.primary_metric)
+
+    def failures(self, label: str) -> int:
+        """Selected runs of ``label`` that failed (diverged or at chance)."""
+        return sum(1 for run in self.selected_runs(label) if run_failure(run) is not None)
+
     def row(self, label: str, metric: str | None = None) -> dict[str, Any] | None:
         metric = metric or self.primary_metric
         for row in self.rows:
@@ -216,12 +238,28 @@ class ExperimentResult:
         return a > b if self.maximize else a < b
 
 
+def run_failure(run: dict[str, Any]) -> str | None:
+    """ "diverged", "at chance" (final accuracy below 1/C + CHANCE_MARGIN), or None."""
+    if run["diverged"]:
+        return "diverged"
+    classes = run.get("num_classes")
+    accuracy = run["final"].get("test_accuracy")
+    if classes and accuracy is not None and accuracy < 1.0 / classes + CHANCE_MARGIN:
+        return "at chance"
+    return None
+
+
 def metric_values(runs: list[dict[str, Any]], metric: str) -> list[float]:
     """The metric of every run that has it: ``steps_to_r``/``time_to_r`` read the threshold
-    crossings (runs that never crossed are left out), other metrics the final evaluation of
-    runs that did not diverge."""
+    crossings (runs that never crossed are left out), ``seconds_per_step`` the run's training
+    time over its steps, other metrics the final evaluation of runs that did not fail
+    (:func:`run_failure`)."""
     values = []
     for run in runs:
+        if metric == "seconds_per_step":
+            if run["steps_done"]:
+                values.append(run["train_time_s"] / run["steps_done"])
+            continue
         if metric.startswith(("steps_to_", "time_to_")):
             kind, threshold = metric.split("_to_")
             hit = run.get("thresholds", {}).get(threshold)
@@ -229,9 +267,26 @@ def metric_values(runs: list[dict[str, Any]], metric: str) -> list[float]:
                 values.append(float(hit["step" if kind == "steps" else "time_s"]))
             continue
         value = run["final"].get(metric)
-        if value is not None and not run["diverged"] and math.isfinite(value):
+        if value is not None and run_failure(run) is None and math.isfinite(value):
             values.append(float(value))
     return values
+
+
+def _quantiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"median": None, "q25": None, "q75": None, "min": None, "max": None}
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        q25 = q75 = ordered[0]
+    else:
+        q25, _, q75 = statistics.quantiles(ordered, n=4, method="inclusive")
+    return {
+        "median": statistics.median(ordered),
+        "q25": q25,
+        "q75": q75,
+        "min": ordered[0],
+        "max": ordered[-1],
+    }
 
 
 def _rows_for(
@@ -248,9 +303,11 @@ def _rows_for(
                 "metric": metric,
                 "mean": statistics.fmean(values) if values else None,
                 "std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else None,
+                **_quantiles(values),
                 "n": len(values),
                 "runs": len(runs),
                 "diverged": sum(1 for r in runs if r["diverged"]),
+                "at_chance": sum(1 for r in runs if run_failure(r) == "at chance"),
                 "hparams": runs[0]["config"]["hparams"] if runs else {},
                 **extra,
             }

@@ -59,8 +59,8 @@ class MethodInstance:
         optimizer_hparams = {k: v for k, v in hparams.items() if k not in HARNESS_HPARAMS}
         params = model.parameters() if param_groups is None else param_groups(model)
         self.optimizer = spec.build_optimizer(params, context, **optimizer_hparams)
-        schedule = hparams.get("schedule", "constant")
-        if schedule != "constant" and not spec.schedules:
+        schedule = hparams.get("schedule", spec.default_schedule)
+        if schedule != spec.default_schedule and not spec.schedules:
             raise ValueError(f"method {spec.name!r} does not take an LR schedule")
         self.scheduler = make_schedule(
             self.optimizer,

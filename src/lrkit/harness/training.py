@@ -38,6 +38,8 @@ def _task_and_data(config: RunConfig) -> tuple[Task, TaskData]:
     if config.eval_subset is not None:
         data = replace(
             data,
+            validation_inputs=data.validation_inputs[: config.eval_subset],
+            validation_targets=data.validation_targets[: config.eval_subset],
             test_inputs=data.test_inputs[: config.eval_subset],
             test_targets=data.test_targets[: config.eval_subset],
         )
@@ -127,6 +129,7 @@ def train(config: RunConfig, progress: bool = False) -> dict[str, Any]:
         train_time_s=train_time,
         curve=curve,
         evals=evals,
+        num_classes=data.num_classes,
     )
 
 
@@ -175,6 +178,7 @@ def solve(config: RunConfig, spec: MethodSpec, task: Task, data: TaskData) -> di
             **trace.curves,
         },
         evals=evals,
+        num_classes=data.num_classes,
         solver_message=trace.message,
         **extra,
     )

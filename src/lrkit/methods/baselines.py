@@ -1,4 +1,8 @@
-"""Tuned baselines from torch.optim: SGD, momentum, Adam, AdamW and Polyak averaging.
+"""Tuned baselines from torch.optim: SGD, momentum, Adam, AdamW, NAdamW and Polyak averaging.
+
+``nadamw`` is ``torch.optim.NAdam`` with decoupled weight decay under a linear warmup (5 % of
+the budget) and cosine decay: the calibrated baseline of the AlgoPerf benchmark, where
+learning-rate-free methods are judged.
 
 Each takes ``lr`` (tuned by the suites' log grids) and the harness adds an LR schedule
 (``schedule`` hyperparameter, :mod:`lrkit.methods.schedules`). ``polyak`` is SGD with
@@ -72,6 +76,17 @@ def _adamw(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
+def _nadamw(params, lr: float, weight_decay: float, betas: tuple[float, float]):
+    return torch.optim.NAdam(
+        params,
+        lr=lr,
+        betas=tuple(betas),
+        weight_decay=weight_decay,
+        decoupled_weight_decay=True,
+        foreach=True,
+    )
+
+
 register_method(
     MethodSpec(
         name="sgd",
@@ -114,6 +129,20 @@ register_method(
         defaults={"lr": 1e-3, "weight_decay": 1e-2},
         tunable=("lr",),
         schedules=True,
+    )
+)
+register_method(
+    MethodSpec(
+        name="nadamw",
+        summary="NAdam with decoupled weight decay and warmup + cosine decay: AlgoPerf's "
+        "calibrated baseline; lr tuned",
+        kind="baseline",
+        make_optimizer=_nadamw,
+        defaults={"lr": 1e-3, "weight_decay": 1e-2, "betas": (0.9, 0.999)},
+        tunable=("lr",),
+        schedules=True,
+        default_schedule="warmup_cosine",
+        paper="Dahl et al. Benchmarking Neural Network Training Algorithms (AlgoPerf), 2023",
     )
 )
 register_method(

@@ -30,6 +30,11 @@ class Lookahead(WrapsOptimizer, torch.optim.Optimizer):
     then, i.e. φ₀ = θ₀); the base keeps its own state. ``state_dict()`` is the base's state
     dict plus a ``"lookahead"`` entry (k, α, the step counter and φ by parameter index);
     ``load_state_dict`` restores all of it, so a resumed run continues bit-identically.
+
+    Args:
+        base_optimizer: the optimizer that takes the fast steps (any torch optimizer).
+        k: base steps per synchronisation (≥ 1; the paper's default 5).
+        alpha: slow-weight step size in (0, 1] (the paper's default 0.5).
     """
 
     def __init__(self, base_optimizer: torch.optim.Optimizer, k: int = 5, alpha: float = 0.5):

@@ -8,13 +8,20 @@ dog-optimizer 1.0.3). None takes an lrkit LR schedule.
 
 * ``schedulefree_adamw`` — Schedule-Free AdamW (Defazio et al. 2024,
   ``schedulefree.AdamWScheduleFree``): no schedule, but still an LR (default 0.0025, tuned)
-  and an optional linear warmup (``warmup_steps``, default 0). Gradients are taken at
+  and the linear warmup its authors recommend ("Using learning rate warmup is
+  recommended"; they give no length): ``warmup_fraction`` = 5 % of the run's budget, so
+  the factory needs the build context. Gradients are taken at
   y = (1 − β₁)·z + β₁·x and the weights to evaluate are x, so the optimizer must be in
   ``train()`` mode for steps and in ``eval()`` mode for evaluation (``train_eval_switch``);
   the factory calls ``train()`` right after construction.
 * ``prodigy`` — Prodigy (Mishchenko & Defazio 2024, ``prodigyopt.Prodigy``): Adam whose step
   size d·lr is estimated online; ``lr`` = 1 is a multiplier its authors say to leave at 1
-  (``d_coef`` is their knob). All param groups must share one lr (or use lr 0).
+  (``d_coef`` is their knob), under the cosine annealing over the whole run that their
+  README recommends (``default_schedule="cosine"``). All param groups must share one lr (or
+  use lr 0).
+* ``mechanic`` — Mechanic (Cutkosky, Defazio & Mehta 2023, ``mechanic_pytorch.mechanize``)
+  around torch.optim.Adam with lr = 1: it learns the scale s of the base's updates online
+  (effective LR s·lr); the closest peer to ``lrkit.L4(base)``.
 * ``dadapt_adam`` — D-Adaptation Adam (Defazio & Mishchenko 2023, ``dadaptation.DAdaptAdam``),
   ``lr`` = 1 as a multiplier; the same single-lr restriction across param groups.
 * ``dog`` — DoG, "Distance over Gradients" (Ivgi, Hinder & Carmon 2023, ``dog.DoG``):
@@ -33,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrkit.methods.contract import learning_rate_diagnostics
+from lrkit.methods.contract import BuildContext, Capabilities, learning_rate_diagnostics
 from lrkit.methods.registry import MethodSpec, register_method
 
 
@@ -81,15 +88,36 @@ class DogAverager:
 
 
 def _schedulefree_adamw(
-    params, lr: float, weight_decay: float, warmup_steps: int
+    params, context: BuildContext, lr: float, weight_decay: float, warmup_fraction: float
 ) -> torch.optim.Optimizer:
     import schedulefree
 
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction!r}")
     optimizer = schedulefree.AdamWScheduleFree(
-        params, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps
+        params,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=round(warmup_fraction * context.total_steps),
     )
     optimizer.train()
     return optimizer
+
+
+def _mechanic_adam(params, lr: float, weight_decay: float, s_decay: float):
+    from mechanic_pytorch import mechanize
+
+    return mechanize(torch.optim.Adam, s_decay=s_decay)(params, lr=lr, weight_decay=weight_decay)
+
+
+def mechanic_diagnostics(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """``lr`` and ``effective_lr`` = s·lr, Mechanic's learned scale (the sum of its s values,
+    kept in ``optimizer.state["_mechanic"]`` after the first step) times the base lr."""
+    values = learning_rate_diagnostics(optimizer)
+    state = optimizer.state.get("_mechanic")
+    if state is not None:
+        values["effective_lr"] = float(state["s"].sum()) * values["lr"]
+    return values
 
 
 def _prodigy(params, lr: float, weight_decay: float, d_coef: float) -> torch.optim.Optimizer:
@@ -131,7 +159,8 @@ register_method(
         summary="Schedule-Free AdamW (schedulefree): lr tuned, no schedule, train/eval switch",
         kind="peer",
         make_optimizer=_schedulefree_adamw,
-        defaults={"lr": 0.0025, "weight_decay": 0.0, "warmup_steps": 0},
+        defaults={"lr": 0.0025, "weight_decay": 0.0, "warmup_fraction": 0.05},
+        capabilities=Capabilities(build_context=True),
         tunable=("lr",),
         base="adamw",
         requires="schedulefree",
@@ -150,6 +179,8 @@ register_method(
         base="adam",
         requires="prodigyopt",
         diagnostics=d_adaptation_diagnostics,
+        schedules=True,
+        default_schedule="cosine",
         paper="Mishchenko, Defazio. Prodigy: An Expeditiously Adaptive Parameter-Free Learner. "
         "ICML 2024",
     )
@@ -180,5 +211,18 @@ register_method(
         diagnostics=dog_diagnostics,
         paper="Ivgi, Hinder, Carmon. DoG is SGD's Best Friend: A Parameter-Free Dynamic Step "
         "Size Schedule. ICML 2023",
+    )
+)
+register_method(
+    MethodSpec(
+        name="mechanic",
+        summary="Mechanic (mechanic-pytorch) around Adam, lr = 1: a learned update scale",
+        kind="peer",
+        make_optimizer=_mechanic_adam,
+        defaults={"lr": 1.0, "weight_decay": 0.0, "s_decay": 0.01},
+        base="adam",
+        requires="mechanic_pytorch",
+        diagnostics=mechanic_diagnostics,
+        paper="Cutkosky, Defazio, Mehta. Mechanic: A Learning Rate Tuner. NeurIPS 2023",
     )
 )

@@ -51,6 +51,8 @@ class MethodSpec:
         requires: the importable package an optional method needs.
         extra: the ``pip install 'lrkit[extra]'`` that provides ``requires``.
         schedules: whether the LR schedules of :mod:`lrkit.methods.schedules` apply.
+        default_schedule: the schedule used when a run names none (a peer whose authors
+            recommend one, e.g. Prodigy with cosine annealing).
         make_averager: ``make_averager(model, total_steps)`` → the weight averager whose
             model is evaluated (Polyak EMA, DoG's polynomial averaging).
         train_eval_switch: the optimizer has ``train()``/``eval()`` (Schedule-Free): steps in
@@ -72,6 +74,7 @@ class MethodSpec:
     requires: str | None = None
     extra: str = "peers"
     schedules: bool = False
+    default_schedule: str = "constant"
     make_averager: AveragerFactory | None = None
     train_eval_switch: bool = False
     diagnostics: Diagnostics = learning_rate_diagnostics

@@ -12,11 +12,13 @@ steps, an exponential decay of 0.95 per epoch, and a first SGDR period of 1/20 o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
     CosineAnnealingWarmRestarts,
     ExponentialLR,
     LambdaLR,
@@ -73,6 +75,28 @@ def exponential(optimizer: Optimizer, total_steps: int, steps_per_epoch: int) ->
 def sgdr(optimizer: Optimizer, total_steps: int, steps_per_epoch: int) -> LRScheduler:
     first_period = max(1, total_steps // 20)
     return CosineAnnealingWarmRestarts(optimizer, T_0=first_period, T_mult=2, eta_min=1e-5)
+
+
+@register_schedule("cosine", "cosine annealing to 0 over the budget")
+def cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: int) -> LRScheduler:
+    return CosineAnnealingLR(optimizer, T_max=max(1, total_steps), eta_min=0.0)
+
+
+@register_schedule("warmup_cosine", "linear warmup over 5 % of the budget, then cosine to 0")
+def warmup_cosine(
+    optimizer: Optimizer, total_steps: int, steps_per_epoch: int, warmup_fraction: float = 0.05
+) -> LRScheduler:
+    """The schedule of AlgoPerf's NAdamW baseline: lr·t/W for t < W, then
+    lr·½(1 + cos(π·(t − W)/(T − W))), W = ``warmup_fraction``·T."""
+    warmup = max(1, round(warmup_fraction * total_steps))
+    decay = max(1, total_steps - warmup)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / decay)))
+
+    return LambdaLR(optimizer, factor)
 
 
 @register_schedule("replay", "a recorded LR per step (a learned schedule), as multiples of lr")

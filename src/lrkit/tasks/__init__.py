@@ -32,6 +32,6 @@ def get_task(name: str, **options) -> Task:
     return task
 
 
-from lrkit.tasks import sequence, synthetic, vision  # noqa: E402,F401  (registers the tasks)
+from lrkit.tasks import paper, sequence, synthetic, vision  # noqa: E402,F401  (registers the tasks)
 
 __all__ = ["TASKS", "TASK_SUMMARIES", "Task", "TaskData", "classification_metrics", "get_task"]

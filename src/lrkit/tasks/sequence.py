@@ -1,6 +1,7 @@
 """Recurrent tasks: a character-level LSTM language model on Tiny Shakespeare (the stand-in
 for MLR-SNet's Penn Treebank LSTMs) and a generated repeat-copy task (the stand-in for L4's
-DNC repeat-copy, METHODS.md §6). Models are built by :func:`lrkit.tasks.vision.build_seeded`.
+DNC repeat-copy; the DNC itself and PTB are not available offline). Models are built by
+:func:`lrkit.tasks.vision.build_seeded`.
 """
 
 from __future__ import annotations
@@ -104,9 +105,9 @@ def shakespeare_char_lstm(
         vocab_size = _shakespeare_windows(root, seq_len).num_classes
         return build_seeded(generator, lambda: CharLSTM(vocab_size, embedding_dim, hidden_size))
 
-    def metrics_fn(model: nn.Module, data: TaskData) -> dict[str, float]:
-        metrics = classification_metrics(task, model, data.test_inputs, data.test_targets)
-        metrics["test_bits_per_char"] = metrics["test_loss"] / math.log(2.0)
+    def metrics_fn(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
+        metrics = classification_metrics(task, model, inputs, targets)
+        metrics["bits_per_char"] = metrics["loss"] / math.log(2.0)
         return metrics
 
     task = Task(
@@ -260,15 +261,15 @@ def repeat_copy(
             generator, lambda: RecurrentBitPredictor(num_bits + 2, hidden_size, num_bits + 1)
         )
 
-    def metrics_fn(model: nn.Module, data: TaskData) -> dict[str, float]:
+    def metrics_fn(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
         dtype = next(model.parameters()).dtype
-        outputs = model(data.test_inputs.to(dtype))
-        targets = data.test_targets.to(dtype)
+        outputs = model(inputs.to(dtype))
+        targets = targets.to(dtype)
         bit_accuracy, episode_accuracy = repeat_copy_accuracy(outputs, targets)
         return {
-            "test_loss": float(masked_bit_cross_entropy(outputs, targets).double().mean()),
-            "test_bit_accuracy": bit_accuracy,
-            "test_episode_accuracy": episode_accuracy,
+            "loss": float(masked_bit_cross_entropy(outputs, targets).double().mean()),
+            "bit_accuracy": bit_accuracy,
+            "episode_accuracy": episode_accuracy,
         }
 
     return Task(

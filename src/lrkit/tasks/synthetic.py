@@ -3,9 +3,10 @@ regression, and two 2-D test functions.
 
 * ``quadratic_deep`` — DeepOBS's noisy quadratic with a deep-learning-like Hessian spectrum.
 * ``recht_regression`` — the ill-conditioned two-layer linear regression of L4 (Rolinek &
-  Martius 2018, Sec. 3.1, after Rahimi & Recht's notebook); METHODS.md §1.
+  Martius 2018, Sec. 3.1, after Rahimi & Recht's notebook); both variants of its matrix
+  are described at :func:`recht_regression`.
 * ``beale`` and ``bukin6`` — the 2-D test functions of MARTHE's Fig. 1 (Donini et al.,
-  Sec. 3); METHODS.md §2.
+  Sec. 3); the smoothing of Bukin N.6 is described at :func:`smoothed_bukin6`.
 
 Models whose output *is* the loss (the quadratic and the test functions) return one value per
 input row, and ``per_example_loss`` passes those values through.
@@ -120,11 +121,8 @@ def quadratic_deep(
             extras={"hessian": quadratic_deep_hessian(seed)},
         )
 
-    def metrics_fn(model: nn.Module, data: TaskData) -> dict[str, float]:
-        return {
-            "train_loss": _mean_loss(task, model, data.train_inputs, data.train_targets),
-            "test_loss": _mean_loss(task, model, data.test_inputs, data.test_targets),
-        }
+    def metrics_fn(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
+        return {"loss": _mean_loss(task, model, inputs, targets)}
 
     task = Task(
         name="quadratic_deep",
@@ -138,6 +136,7 @@ def quadratic_deep(
         primary_metric="test_loss",
         maximize=False,
         metrics_fn=metrics_fn,
+        evaluation_splits=("train", "validation", "test"),
     )
     return task
 
@@ -145,15 +144,16 @@ def quadratic_deep(
 # --------------------------------------------------------------------------------------------
 # recht_regression
 
-RECHT_ROW_SCALES: dict[str, Callable[[], torch.Tensor]] = {
-    "linspace": lambda: torch.linspace(1.0, 1e-5, 10, dtype=torch.float64),
-    "logspace": lambda: torch.logspace(0.0, -5.0, 10, dtype=torch.float64),
+RECHT_ROW_SCALES: dict[str, Callable[[int], torch.Tensor]] = {
+    "linspace": lambda rows: torch.linspace(1.0, 1e-5, rows, dtype=torch.float64),
+    "logspace": lambda rows: torch.logspace(0.0, -5.0, rows, dtype=torch.float64),
 }
+RECHT_OUT, RECHT_IN = 10, 6
 
 
 class TwoLayerLinear(nn.Module):
-    """ŷ = W1·W2·x with W1 ∈ R^{10×6}, W2 ∈ R^{6×6}, entries ~ N(0, 1) from ``generator``
-    (float64)."""
+    """ŷ = W1·W2·x with W1 ∈ R^{out×in}, W2 ∈ R^{in×in} (default 10×6 and 6×6), entries
+    ~ N(0, 1) from ``generator`` (float64)."""
 
     def __init__(self, generator: torch.Generator, out_dim: int = 10, in_dim: int = 6) -> None:
         super().__init__()
@@ -173,13 +173,15 @@ def squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (outputs - targets).pow(2).flatten(1).sum(dim=1)
 
 
-def _recht_problem(variant: str, seed: int) -> TaskData:
+def _recht_problem(
+    variant: str, seed: int, rows: int = RECHT_OUT, columns: int = RECHT_IN
+) -> TaskData:
     generator = torch.Generator().manual_seed(seed)
-    scales = RECHT_ROW_SCALES[variant]()
-    matrix = scales[:, None] * torch.rand(10, 6, generator=generator, dtype=torch.float64)
+    scales = RECHT_ROW_SCALES[variant](rows)
+    matrix = scales[:, None] * torch.rand(rows, columns, generator=generator, dtype=torch.float64)
 
     def split(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = torch.randn(size, 6, generator=generator, dtype=torch.float64)
+        inputs = torch.randn(size, columns, generator=generator, dtype=torch.float64)
         return inputs, inputs @ matrix.T
 
     train, validation, test = split(1000), split(1000), split(1000)
@@ -202,7 +204,9 @@ def _recht_problem(variant: str, seed: int) -> TaskData:
     "recht_regression",
     "L4's ill-conditioned 2-layer linear regression (Recht's notebook), SSE, full batch, float64",
 )
-def recht_regression(variant: str = "linspace", steps: int = 3000) -> Task:
+def recht_regression(
+    variant: str = "linspace", steps: int = 3000, out_dim: int = RECHT_OUT, in_dim: int = RECHT_IN
+) -> Task:
     """Ill-conditioned regression of L4 Sec. 3.1 (Rahimi & Recht's shallow-linear-net
     notebook): ŷ = W1·W2·x, W1 ∈ R^{10×6}, W2 ∈ R^{6×6}, W ~ N(0, 1); X ~ N(0, I) with 1000
     columns, Y = A·X; the loss is the *sum* of squared errors over all 1000 points, full batch,
@@ -213,29 +217,29 @@ def recht_regression(variant: str = "linspace", steps: int = 3000) -> Task:
     None] * rand(10, 6), the notebook's stated intent (κ(A) ≈ 1e3–1e4). Every run seed draws
     a new A and X (``data_seed_from_run``); ``TaskData.extras`` holds ``matrix`` and
     ``condition_number``. Validation and test sets are 1000 more noiseless points each.
+    ``out_dim``/``in_dim`` size the problem (W1 out×in, W2 in×in, A out×in; default 10 and 6,
+    96 weights). L4's Table 2 also runs "an instance of twice the size (all dimensions
+    doubled)" with "192 trainable weights"; doubling every dimension would give 384, so the
+    two statements disagree: 16 and 8 give the table's 192 weights.
     """
+    if out_dim < 1 or in_dim < 1:
+        raise ValueError(f"recht_regression: dimensions must be >= 1, got {out_dim}, {in_dim}")
     if variant not in RECHT_ROW_SCALES:
         raise ValueError(
             f"unknown recht_regression variant {variant!r}; expected one of "
             f"{sorted(RECHT_ROW_SCALES)} (linspace: the notebook's code, logspace: its intent)"
         )
 
-    def metrics_fn(model: nn.Module, data: TaskData) -> dict[str, float]:
+    def metrics_fn(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
         dtype = next(model.parameters()).dtype
-
-        def sse(inputs: torch.Tensor, targets: torch.Tensor) -> float:
-            return float(squared_error(model(inputs.to(dtype)), targets.to(dtype)).double().sum())
-
-        return {
-            "train_loss": sse(data.train_inputs, data.train_targets),
-            "test_loss": sse(data.test_inputs, data.test_targets),
-        }
+        outputs = model(inputs.to(dtype))
+        return {"loss": float(squared_error(outputs, targets.to(dtype)).double().sum())}
 
     return Task(
         name="recht_regression",
         description=recht_regression.__doc__ or "",
-        model_factory=TwoLayerLinear,
-        data_factory=lambda seed: _recht_problem(variant, seed),
+        model_factory=lambda generator: TwoLayerLinear(generator, out_dim, in_dim),
+        data_factory=lambda seed: _recht_problem(variant, seed, out_dim, in_dim),
         per_example_loss=squared_error,
         batch_size=None,
         steps=steps,
@@ -244,6 +248,7 @@ def recht_regression(variant: str = "linspace", steps: int = 3000) -> Task:
         maximize=False,
         reduction="sum",
         metrics_fn=metrics_fn,
+        evaluation_splits=("train", "validation", "test"),
         data_seed_from_run=True,
     )
 
@@ -309,10 +314,12 @@ def _test_function_task(
         raise ValueError(f"{name}: start must be a point (x, y), got {start!r}")
     start = (float(start[0]), float(start[1]))
 
-    def metrics_fn(model: nn.Module, data: TaskData) -> dict[str, float]:
+    def metrics_fn(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
         position = model.position.detach().double()
         return {
-            "train_loss": float(objective(position)),
+            "loss": float(objective(position)),
+            "x": float(position[0]),
+            "y": float(position[1]),
             "distance_to_minimum": float(
                 torch.linalg.vector_norm(position - torch.tensor(minimum, dtype=torch.float64))
             ),
@@ -330,6 +337,7 @@ def _test_function_task(
         primary_metric="train_loss",
         maximize=False,
         metrics_fn=metrics_fn,
+        evaluation_splits=("train",),
     )
 
 
@@ -343,7 +351,8 @@ def beale(start: tuple[float, float] = BEALE_START, steps: int = 500) -> Task:
     point (x, y), starting at ``start`` (default (1, 1.5), on the plateau north-west of the
     minimum; the paper's start point is not legible in our copy) for every run seed; the
     data is one dummy row; the loss is :func:`beale_function`, minimum 0 at (3, 0.5).
-    Metrics: ``train_loss`` and ``distance_to_minimum``. Float64."""
+    Metrics: ``train_loss``, ``train_distance_to_minimum`` and the position ``train_x``,
+    ``train_y``. Float64."""
     return _test_function_task(
         "beale", beale_function, start, (3.0, 0.5), steps, beale.__doc__ or ""
     )
@@ -360,7 +369,8 @@ def bukin6(
     """Smoothed Bukin N.6 (MARTHE Fig. 1, Donini et al. Sec. 3; the paper's exact smoothing is
     not legible in our copy, see :func:`smoothed_bukin6`), minimum 0 at (−10, 1). The parameter
     is the point (x, y), starting at ``start`` (default (−7, 2)) for every run seed; the data
-    is one dummy row. Metrics: ``train_loss`` and ``distance_to_minimum``. Float64."""
+    is one dummy row. Metrics: ``train_loss``, ``train_distance_to_minimum`` and the position
+    ``train_x``, ``train_y``. Float64."""
     if smoothing <= 0:
         raise ValueError(f"bukin6 smoothing must be positive, got {smoothing}")
 

@@ -1,5 +1,6 @@
-"""Image classification tasks on Fashion-MNIST (the stand-in for MNIST and CIFAR, METHODS.md
-§6) and scikit-learn's 8×8 digits.
+"""Image classification tasks on Fashion-MNIST (the offline stand-in for MNIST and CIFAR) and
+scikit-learn's 8×8 digits; the paper-scale tasks on MNIST and CIFAR are in
+:mod:`lrkit.tasks.paper`.
 
 Every task holds out a class-balanced validation split of the training images
 (:func:`lrkit.data.balanced_holdout`, fixed seed) for methods that need one. Inputs are
@@ -56,7 +57,7 @@ def _standardize(
     return tuple((x - mean) / std for x in (train, *others))
 
 
-def _split_task_data(
+def split_task_data(
     images: ImageData, validation_per_class: int, train_per_class: int | None, per_feature: bool
 ) -> TaskData:
     """Holds out ``validation_per_class`` training images of each class; keeps all the rest
@@ -88,7 +89,7 @@ def _fashion_mnist_split(
     root: str | None, validation_per_class: int, train_per_class: int | None
 ) -> TaskData:
     images = load_fashion_mnist(root)
-    return _split_task_data(images, validation_per_class, train_per_class, per_feature=False)
+    return split_task_data(images, validation_per_class, train_per_class, per_feature=False)
 
 
 def fashion_mnist_data(
@@ -100,7 +101,7 @@ def fashion_mnist_data(
     return replace(cached, extras=dict(cached.extras))
 
 
-def _classification_task(
+def classification_task(
     name: str,
     description: str,
     build: Callable[[], nn.Module],
@@ -135,7 +136,7 @@ def mlp(sizes: tuple[int, ...]) -> nn.Sequential:
 @lru_cache(maxsize=2)
 def _digits_split(test_fraction: float, validation_per_class: int) -> TaskData:
     images = load_digits(test_fraction=test_fraction, seed=SPLIT_SEED)
-    return _split_task_data(images, validation_per_class, None, per_feature=True)
+    return split_task_data(images, validation_per_class, None, per_feature=True)
 
 
 @register_task("digits_mlp", "sklearn 8×8 digits, MLP 64-128-10, batch 64 (quick unit-test task)")
@@ -149,7 +150,7 @@ def digits_mlp(hidden: int = 128, batch_size: int = 64, steps: int = 300) -> Tas
         cached = _digits_split(0.2, 10)
         return replace(cached, extras=dict(cached.extras))
 
-    return _classification_task(
+    return classification_task(
         "digits_mlp",
         digits_mlp.__doc__ or "",
         lambda: mlp((64, hidden, 10)),
@@ -166,7 +167,7 @@ def fmnist_mlp(batch_size: int = 100, steps: int = 3000, root: str | None = None
     Sec. 5 on the full training set), PyTorch default initialisation, cross-entropy, batch 100,
     3000 steps (≈ 5 epochs). Validation: 100 images per class (1000) held out of the 60000
     training images (the MLR-SNet / data-dependent-LR convention)."""
-    return _classification_task(
+    return classification_task(
         "fmnist_mlp",
         fmnist_mlp.__doc__ or "",
         lambda: mlp((784, 500, 500, 500, 10)),
@@ -198,7 +199,7 @@ def fmnist_mlp_subset(
                 f"fmnist_mlp_subset: {label}={size} must be a positive multiple of 10 "
                 "(the split is class-balanced over the 10 classes)"
             )
-    return _classification_task(
+    return classification_task(
         "fmnist_mlp_subset",
         fmnist_mlp_subset.__doc__ or "",
         lambda: mlp((784, 500, 500, 500, 10)),
@@ -230,7 +231,7 @@ def fmnist_mlp2(batch_size: int = 64, steps: int = 5000, root: str | None = None
     lost them), initialised as there (:func:`l4_mlp`), batch 64, 5000 steps (≈ 5.4 epochs;
     the paper reports 1, 10 and 30 epochs). Inputs are standardised like the other
     Fashion-MNIST tasks (the notebook fed raw [0, 1] pixels)."""
-    return _classification_task(
+    return classification_task(
         "fmnist_mlp2",
         fmnist_mlp2.__doc__ or "",
         l4_mlp,
@@ -270,7 +271,7 @@ def fmnist_2c2d(
     steps (≈ 5 epochs)."""
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"fmnist_2c2d: dropout must lie in [0, 1), got {dropout}")
-    return _classification_task(
+    return classification_task(
         "fmnist_2c2d",
         fmnist_2c2d.__doc__ or "",
         lambda: conv_net_2c2d(dropout),
@@ -304,17 +305,25 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-def small_resnet(widths: tuple[int, ...] = (16, 32, 64), num_classes: int = 10) -> nn.Sequential:
-    """3×3 conv–BN–ReLU stem, one :class:`BasicBlock` per stage (stride 2 from the second
-    stage on), global average pooling, linear classifier."""
+def small_resnet(
+    widths: tuple[int, ...] = (16, 32, 64),
+    num_classes: int = 10,
+    blocks_per_stage: int = 1,
+    in_channels: int = 1,
+) -> nn.Sequential:
+    """3×3 conv–BN–ReLU stem, ``blocks_per_stage`` :class:`BasicBlock` s per stage (stride 2
+    at the start of each stage from the second on), global average pooling, linear
+    classifier. ``blocks_per_stage=5`` with widths 16/32/64 is He et al.'s ResNet-32."""
     layers: list[nn.Module] = [
-        nn.Conv2d(1, widths[0], 3, padding=1, bias=False),
+        nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
         nn.BatchNorm2d(widths[0]),
         nn.ReLU(),
     ]
     for stage, width in enumerate(widths):
         previous = widths[max(stage - 1, 0)]
-        layers.append(BasicBlock(previous, width, stride=1 if stage == 0 else 2))
+        for block in range(blocks_per_stage):
+            stride = 2 if stage > 0 and block == 0 else 1
+            layers.append(BasicBlock(previous if block == 0 else width, width, stride=stride))
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], num_classes)]
     return nn.Sequential(*layers)
 
@@ -325,7 +334,7 @@ def fmnist_resnet(batch_size: int = 128, steps: int = 2000, root: str | None = N
     ResNet-32 and MLR-SNet's ResNet-18 (:func:`small_resnet`: stages of width 16, 32, 64
     with one basic block each, 28 → 14 → 7 pixels), batch 128, 2000 steps (≈ 4.3 epochs).
     BatchNorm makes the model's train and eval modes differ."""
-    return _classification_task(
+    return classification_task(
         "fmnist_resnet",
         fmnist_resnet.__doc__ or "",
         small_resnet,
