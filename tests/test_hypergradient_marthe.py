@@ -443,3 +443,22 @@ def test_docs_examples_run() -> None:
     assert math.isfinite(namespace["optimizer"].param_groups[0]["lr"])
     assert namespace["choice"].tried[0][1], "the example's κ procedure starts from a diverging κ"
     assert len(namespace["result"].schedule) == 40
+
+
+def test_eta_mu_beta_and_the_hypergradient_are_logged_every_step_and_plotted(tmp_path) -> None:
+    from lrkit.harness.experiments import Contender, Experiment
+    from lrkit.harness.plots import plot_diagnostics
+    from lrkit.harness.results import ExperimentResult, RunConfig
+    from lrkit.harness.training import train
+
+    steps = 6
+    record = train(RunConfig(task="digits_mlp", method="marthe", steps=steps, log_every=1))
+    for key in ("effective_lr", "mu", "beta", "hypergradient", "validation_loss"):
+        assert len(record["curve"][key]) == steps, key
+    record.update(label="marthe", role="selected")
+    experiment = Experiment(
+        name="toy", title="toy", task="digits_mlp", contenders=(Contender("marthe"),)
+    )
+    result = ExperimentResult(experiment, "test_accuracy", True, runs=[record], rows=[])
+    path = plot_diagnostics(result, tmp_path)
+    assert path is not None and path.stat().st_size > 0

@@ -257,3 +257,37 @@ def plot_verdicts(claims: list[dict[str, Any]], out: Path, title: str) -> Path |
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+HYPERGRADIENT_KEYS = ("effective_lr", "mu", "beta", "hypergradient")
+
+
+def plot_diagnostics(
+    result: ExperimentResult,
+    out: Path,
+    keys: tuple[str, ...] = HYPERGRADIENT_KEYS,
+    log_keys: tuple[str, ...] = ("effective_lr", "beta"),
+) -> Path | None:
+    """One panel per logged diagnostic (default: a hypergradient method's η, μ, β and
+    hypergradient) against steps, median over the selected seeds with the interquartile
+    band, for every method that reports it; an experiment's own figure
+    (``Experiment(figure=...)``)."""
+    plt = _pyplot()
+    labels = list(dict.fromkeys(r["label"] for r in result.runs if r["role"] == "selected"))
+    reported = [k for k in keys if any(k in r["curve"] for r in result.runs)]
+    if plt is None or not labels or not reported:
+        return None
+    fig, axes = plt.subplots(1, len(reported), figsize=(4.4 * len(reported), 4.2), squeeze=False)
+    for axis, key in zip(axes[0], reported, strict=True):
+        for label in labels:
+            runs = [r for r in result.selected_runs(label) if key in r["curve"]]
+            if runs:
+                _draw(axis, _band(runs, key), label)
+        axis.set(title=key, xlabel="step", yscale="log" if key in log_keys else "linear")
+    axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(f"{result.experiment.title}: what the learned-LR methods report")
+    fig.tight_layout()
+    path = out / f"{result.experiment.name}_diagnostics.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -93,8 +93,8 @@ class Unroll:
         buffers = {name: [torch.zeros_like(p) for p in self.initial] for name in self.inner.buffers}
         return [p.clone() for p in self.initial], buffers
 
-    def _forward_step(self, state: State, rate: float, batch, rng: Tensor, step: int):
-        torch.set_rng_state(rng)
+    def _forward_step(self, state: State, rate: float, batch, rng, step: int):
+        _set_rng_state(rng)
         params, buffers = state
         with torch.enable_grad():
             leaves = [p.detach().requires_grad_() for p in params]
@@ -103,8 +103,8 @@ class Unroll:
         rate_tensor = torch.tensor(rate, dtype=params[0].dtype)
         return functional_step(self.inner, params, buffers, list(grads), rate_tensor, step), loss
 
-    def _reverse_step(self, state: State, rate: float, batch, rng: Tensor, step: int, adjoint):
-        torch.set_rng_state(rng)
+    def _reverse_step(self, state: State, rate: float, batch, rng, step: int, adjoint):
+        _set_rng_state(rng)
         params, buffers = state
         names = list(buffers)
         with torch.enable_grad():
@@ -132,13 +132,15 @@ class Unroll:
         if len(batches) != steps:
             raise ValueError(f"{steps} learning rates need {steps} batches, got {len(batches)}")
         every = self.checkpoint_every or max(1, math.ceil(math.sqrt(steps)))
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        device = self.initial[0].device
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
             rngs, checkpoints, losses = [], {}, []
             state = self._initial_state()
             for t in range(steps):
                 if t % every == 0:
                     checkpoints[t] = state
-                rngs.append(torch.get_rng_state())
+                rngs.append(_rng_state(device))
                 state, loss = self._forward_step(state, schedule[t], batches[t], rngs[t], t + 1)
                 losses.append(float(loss))
             final_params = [p.detach().requires_grad_() for p in state[0]]
@@ -159,6 +161,18 @@ class Unroll:
                     )
                     gradient[t] = float(d_rate)
         return float(objective.detach()), gradient, sum(losses) / steps
+
+
+def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """The random-number state a step's dropout draws from (CPU, and the device's on CUDA)."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[Tensor, Tensor | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])
 
 
 def _batch_stream(
@@ -267,7 +281,7 @@ def replay(
         value.backward()
         optimizer.step()
         scheduler.step()
-        total += float(value)
+        total += float(value.detach())
     return total / max(1, len(schedule))
 
 
