@@ -67,11 +67,10 @@ class _HypergradientDescent(torch.optim.Optimizer):
         params_all = [p for group in self.param_groups for p in group["params"]]
         self._scalars: dict[str, Any] = {
             "step": 0,
-            "learning_rate": torch.tensor(
-                float(defaults["lr"]), dtype=scalar_dtype(params_all), device=params_all[0].device
-            ),
+            "learning_rate": float(defaults["lr"]),
             "hypergradient": None,
         }
+        self._dtype = scalar_dtype(params_all)
         self._borrowed: dict[int, int] = {}
         self._copy_gradients = False
 
@@ -90,8 +89,8 @@ class _HypergradientDescent(torch.optim.Optimizer):
         """Checks the hyperparameters a subclass adds to a group."""
 
     @property
-    def learning_rate(self) -> Tensor:
-        """η, the learning rate of the last step (0-dim tensor; η0 before the first)."""
+    def learning_rate(self) -> float:
+        """η, the learning rate of the last step (η0 before the first)."""
         return self._scalars["learning_rate"]
 
     def _previous(self, state: dict[str, Any]) -> Tensor:
@@ -110,8 +109,7 @@ class _HypergradientDescent(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         step = self._scalars["step"] + 1
-        dtype = self._scalars["learning_rate"].dtype
-        device = self._scalars["learning_rate"].device
+        dtype = self._dtype
         work, pairs, weights, checked = [], [], [], []
         overwritten = False
         borrowed = self._borrowed
@@ -137,31 +135,29 @@ class _HypergradientDescent(torch.optim.Optimizer):
             else torch.dot(g.reshape(-1).to(dtype), u.reshape(-1).to(dtype))
             for g, u in pairs
         ]
-        if dots and any(w != 1.0 for w in weights):
-            dots = torch._foreach_mul(dots, weights)
-        descent = torch.stack(dots).sum() if dots else torch.zeros((), dtype=dtype, device=device)
+        if loss is not None:
+            checked.append(torch.as_tensor(loss).detach().reshape(-1)[0].to(dtype))
+        # The one host synchronisation: the dot products (a NaN/inf gradient makes its dot
+        # product, or at a first step its sum, non-finite) and the loss, as Python numbers;
+        # η is then updated on the host and the kernels take it as a plain step size.
+        values = torch.stack(dots + checked).tolist() if dots or checked else []
+        descent = math.fsum(w * d for w, d in zip(weights, values, strict=False))
         if overwritten:
             # a borrowed gradient was zeroed in place (zero_grad(set_to_none=False)): this
             # step's h is unknown; copy the gradients from now on
-            descent, self._copy_gradients = descent * 0.0, True
+            descent, self._copy_gradients = 0.0, True
         hypergradient = -descent
-        learning_rate = descend_learning_rate(
+        rate = descend_learning_rate(
             self._scalars["learning_rate"], hypergradient, self.defaults["hypergrad_lr"]
         )
-        if loss is not None:
-            checked.append(torch.as_tensor(loss).detach().reshape(-1)[0].to(dtype))
-        # The one host synchronisation: the finiteness check (a NaN/inf gradient makes its
-        # dot product or sum non-finite) and η as a Python number for the update kernels.
-        values = torch.stack([learning_rate, hypergradient, *checked]).tolist()
-        if not all(math.isfinite(value) for value in values):
+        if not all(math.isfinite(v) for v in [*values, hypergradient, rate]):
             value = torch.zeros(()) if loss is None else torch.as_tensor(loss).detach()
             raise_if_non_finite(
                 self._name,
                 value.reshape(-1)[0],
                 [g for _, _, grads in work for g in grads],
-                scalars={"hypergradient": hypergradient, "learning rate": learning_rate},
+                scalars={"hypergradient": hypergradient, "learning rate": rate},
             )
-        rate = values[0]
         for group, params, grads in work:
             foreach = group["foreach"]
             if foreach is None:
@@ -175,7 +171,7 @@ class _HypergradientDescent(torch.optim.Optimizer):
                 else:
                     for param, grad, state in zip(bucket_params, bucket_grads, states, strict=True):
                         self._update(group, [param], [grad], [state], rate)
-        self._scalars.update(step=step, learning_rate=learning_rate, hypergradient=hypergradient)
+        self._scalars.update(step=step, learning_rate=rate, hypergradient=hypergradient)
         return loss
 
     def _keep_directions(
@@ -221,8 +217,8 @@ class _HypergradientDescent(torch.optim.Optimizer):
         step) and ``step``. Synchronises with the device."""
         hypergradient = self._scalars["hypergradient"]
         return {
-            "effective_lr": float(self._scalars["learning_rate"]),
-            "hypergradient": math.nan if hypergradient is None else float(hypergradient),
+            "effective_lr": self._scalars["learning_rate"],
+            "hypergradient": math.nan if hypergradient is None else hypergradient,
             "step": float(self._scalars["step"]),
         }
 
@@ -230,10 +226,7 @@ class _HypergradientDescent(torch.optim.Optimizer):
         """torch's state dict (buffers, previous directions) plus ``"hd"``: η, the last h and
         the step count."""
         state_dict = super().state_dict()
-        state_dict["hd"] = {
-            key: value.clone() if isinstance(value, Tensor) else value
-            for key, value in self._scalars.items()
-        }
+        state_dict["hd"] = dict(self._scalars)
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -241,11 +234,7 @@ class _HypergradientDescent(torch.optim.Optimizer):
             raise ValueError(f"state dict has no 'hd' entry: it was not saved by {self._name}")
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "hd"})
         self._borrowed.clear()  # the loaded directions are copies this optimizer owns
-        device = self._scalars["learning_rate"].device
-        self._scalars = {
-            key: value.to(device).clone() if isinstance(value, Tensor) else value
-            for key, value in state_dict["hd"].items()
-        }
+        self._scalars = dict(state_dict["hd"])
 
 
 class HDSGD(_HypergradientDescent):

@@ -1,5 +1,5 @@
 """The scalar rules of hypergradient LR adaptation as pure functions of 0-dim tensors (no host
-synchronisation), so that float64 reference tests can call them directly.
+synchronisation; η's descent also of Python numbers), which reference tests call directly.
 
 Notation (Donini et al., "Scheduling the learning rate via hypergradients", Secs. 3-4 and
 Appendix A; Baydin et al., "Online learning rate adaptation with hypergradient descent",
@@ -9,16 +9,22 @@ ICLR 2018): η the learning rate, h (δ) a hypergradient estimate, β the hyper-
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
+Scalar = Tensor | float
 
-def descend_learning_rate(
-    learning_rate: Tensor, hypergradient: Tensor, beta: Tensor | float
-) -> Tensor:
+
+def descend_learning_rate(learning_rate: Scalar, hypergradient: Scalar, beta: Scalar) -> Scalar:
     """η ← max(η − β·h, 0): one projected step of hypergradient descent on η (Donini et al.
-    Eq. 5, Baydin et al. Eq. 3 with the projection on η ≥ 0 that Donini et al. add)."""
-    return torch.clamp_min(learning_rate - beta * hypergradient, 0.0)
+    Eq. 5, Baydin et al. Eq. 3 with the projection on η ≥ 0 that Donini et al. add), on 0-dim
+    tensors (no host synchronisation) or on Python numbers (NaN stays NaN)."""
+    stepped = learning_rate - beta * hypergradient
+    if isinstance(stepped, Tensor):
+        return torch.clamp_min(stepped, 0.0)
+    return stepped if math.isnan(stepped) else max(stepped, 0.0)
 
 
 def clip_hypergradient(hypergradient: Tensor, clip: float | None) -> Tensor:
