@@ -93,15 +93,16 @@ def advance_(
     hvp: Tensor | None,
     state: dict[str, Tensor],
     step: int,
-    learning_rate: Tensor,
-    mu: Tensor,
+    learning_rate: float,
+    mu: float,
 ) -> Tensor:
     """One step of ``inner`` on one parameter, in place, with its tangents.
 
     ``state`` holds the buffers, ``"tangent"`` (Z_w) and the buffers' tangents.
     ``hvp`` = H·Z_w, or ``None`` when μ·A·Z is known to vanish (Z = 0 at the first step,
-    or μ fixed at 0): then Z ← B. ``learning_rate`` (η) and ``mu`` are 0-dim tensors.
-    Returns the update direction u (a tensor the caller may keep).
+    or μ fixed at 0): then Z ← B. ``learning_rate`` (η) and ``mu`` are numbers (the caller
+    synchronised once for its checks). Returns the update direction u, a tensor of its own
+    (neither a buffer nor the gradient's storage being overwritten later) the caller may keep.
     """
     decay = inner.weight_decay
     effective = grad.add(param, alpha=decay) if decay else grad
@@ -114,16 +115,19 @@ def advance_(
         direction, d_direction = _momentum(inner, effective, d_effective, state)
     else:
         direction, d_direction = effective, d_effective
-    if propagate:
+    if propagate and mu != 0.0:
         assert d_direction is not None
-        tangent.addcmul_(d_direction, -learning_rate).mul_(mu).sub_(direction)
-        for buffer in inner.buffers:
-            state[tangent_name(buffer)].mul_(mu)
+        tangent.add_(d_direction, alpha=-learning_rate)
+        if mu != 1.0:
+            tangent.mul_(mu)
+            for buffer in inner.buffers:
+                state[tangent_name(buffer)].mul_(mu)
+        tangent.sub_(direction)
     else:
         torch.neg(direction, out=tangent)
         for buffer in inner.buffers:
             state[tangent_name(buffer)].zero_()
-    param.addcmul_(direction, -learning_rate)
+    param.add_(direction, alpha=-learning_rate)
     return direction
 
 

@@ -32,6 +32,7 @@ docs/hypergradient.md; in short:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -218,15 +219,22 @@ class MARTHE(torch.optim.Optimizer):
                 ) from error
         average_across_ranks_(grads + (hvps or []) + ([] if validation is None else validation[1]))
         updates = self._scalar_updates(states, validation)
-        mean_loss = average_across_ranks(loss)
-        checked = [mean_loss, *updates.values()] + [t.sum() for t in grads + (hvps or [])]
-        if validation is not None:
-            checked += [average_across_ranks(validation[0])] + [t.sum() for t in validation[1]]
         dtype = self._scalars["learning_rate"].dtype
-        if not bool(torch.isfinite(torch.stack([c.to(dtype) for c in checked])).all()):
+        mean_loss = average_across_ranks(loss).to(dtype)
+        rate = updates.get("learning_rate", self._scalars["learning_rate"])
+        mu = updates.get("mu", self._scalars["mu"])
+        # One host synchronisation: η and μ as numbers for the update, and the finiteness
+        # check. A NaN/inf validation gradient makes δ = ∇E·Z non-finite (inf·0 is NaN), so
+        # the sums only cover the training gradient and H·Z.
+        checked = [rate, mu, mean_loss, *updates.values()]
+        checked += [t.sum() for t in grads + (hvps or [])]
+        if validation is not None:
+            checked.append(average_across_ranks(validation[0]))
+        values = torch.stack([c.to(dtype) for c in checked]).tolist()
+        if not all(math.isfinite(value) for value in values):
             raise_if_non_finite("MARTHE", mean_loss, grads, hvps, validation, updates)
-        self._commit(params, states, grads, hvps, step, updates)
-        self._scalars.update(updates, step=step, loss=mean_loss.to(dtype))
+        self._commit(params, states, grads, hvps, step, values[0], values[1])
+        self._scalars.update(updates, step=step, loss=mean_loss)
         if validation is not None:
             self._scalars["validation_loss"] = average_across_ranks(validation[0]).to(dtype)
         return loss
@@ -254,8 +262,9 @@ class MARTHE(torch.optim.Optimizer):
         dtype = scalars["learning_rate"].dtype
         last, previous = scalars["hypergradient"], scalars["previous_hypergradient"]
         updates: dict[str, Tensor] = {}
-        if self.mu_rule == "adaptive" and "translation" in states[0]:
-            first_order = flat_dot(grads, [s["translation"] for s in states], dtype)
+        if self.mu_rule == "adaptive" and "direction" in states[0]:
+            # ∇E(w_t)·B_{t−1} with B_{t−1} = (−u_{t−1}, 0)
+            first_order = -flat_dot(grads, [s["direction"] for s in states], dtype)
             updates["mu"], updates["count"] = adapt_mu(
                 scalars["mu"], scalars["count"], last, first_order
             )
@@ -275,10 +284,9 @@ class MARTHE(torch.optim.Optimizer):
         grads: list[Tensor],
         hvps: list[Tensor] | None,
         step: int,
-        updates: dict[str, Tensor],
+        learning_rate: float,
+        mu: float,
     ) -> None:
-        learning_rate = updates.get("learning_rate", self._scalars["learning_rate"])
-        mu = updates.get("mu", self._scalars["mu"])
         keep = self.mu_rule == "adaptive"
         index = 0
         for group in self.param_groups:
@@ -288,10 +296,11 @@ class MARTHE(torch.optim.Optimizer):
                     continue
                 state = self.state[param] = states[index]
                 hvp = None if hvps is None else hvps[index]
-                rate = learning_rate.to(param.device)
-                direction = advance_(inner, param, grads[index], hvp, state, step, rate, mu)
+                direction = advance_(
+                    inner, param, grads[index], hvp, state, step, learning_rate, mu
+                )
                 if keep:
-                    state["translation"] = torch.neg(direction)
+                    state["direction"] = direction  # u_t, for the next step's adaptive μ
                 index += 1
 
     # -- reporting and state --------------------------------------------------------------
