@@ -10,8 +10,8 @@ Two ways to get ∇L(w) and H·z together, both exact:
 * ``"forward_over_reverse"`` — ``torch.func.jvp`` of ``torch.func.grad``: one pass that
   pushes the tangent z through the gradient computation and returns (∇L, H·z).
 
-Which is faster depends on the model and the device; docs/hypergradient.md gives the
-measured comparison and the default is the faster one on the benchmark tasks.
+Which is faster depends on the model and the device; MARTHE's default is double backward,
+the faster on the benchmark tasks (benchmarks/results/hypergradient/cost/README.md).
 ``"forward_over_reverse"`` evaluates the loss through ``closure(parameters)``, which runs on
 copies of the model's buffers, so BatchNorm running statistics are not updated by the step;
 ``"double_backward"`` runs the model's own forward.
