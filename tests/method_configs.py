@@ -18,6 +18,7 @@ import torch
 import lrkit.methods
 import toy_methods  # noqa: F401  (registers the example methods)
 from lrkit.methods import MethodSpec, get_method
+from lrkit.methods.hypergradient import HD
 from lrkit.methods.l4 import L4
 from lrkit.methods.lookahead import Lookahead
 
@@ -26,11 +27,21 @@ from lrkit.methods.lookahead import Lookahead
 # starts at distance 1 per coordinate (θ₀ = 1): with lr 1e-3 (2.5e-3 for Schedule-Free) the
 # 200-step budget cannot reach the minimum, and in bfloat16 (spacing 2⁻⁷ at 1) such steps
 # round away entirely.
+# The hypergradient methods move η by β·h with h of the order of |g|² (HD) or of
+# |∇E|·|Z| with Z summing past directions (MARTHE); quadratic_deep's |g|² starts near 2e4,
+# so their defaults (tuned for networks with |g|² ~ 1) send η far beyond its stability limit
+# 2/60 within a few steps. These problems get η0 = 0.01 and a small β (and κ).
+HYPERGRADIENT_HPARAMS: dict[str, Any] = {"lr": 0.01, "beta": 1e-9, "kappa": 1e-16}
 CONFORMANCE_HPARAMS: dict[str, dict[str, Any]] = {
     "adam": {"lr": 1e-2},
     "adamw": {"lr": 1e-2},
     "nadamw": {"lr": 1e-2},
     "schedulefree_adamw": {"lr": 1e-2},
+    "hd_sgd": {"lr": 0.01, "hypergrad_lr": 1e-6},
+    "hd_adam": {"lr": 1e-2},
+    "rtho": {"lr": 0.01, "beta": 1e-9},
+    "marthe": HYPERGRADIENT_HPARAMS,
+    "marthe_every10": HYPERGRADIENT_HPARAMS,
 }
 # What the second param group changes. Default: half the lr. Prodigy and D-Adaptation
 # allow only one lr across groups (others must be 0), so their second group has weight decay;
@@ -39,6 +50,12 @@ SECOND_GROUP: dict[str, dict[str, Any]] = {
     "prodigy": {"weight_decay": 1e-2},
     "dadapt_adam": {"weight_decay": 1e-2},
     "l4_adam_wrapper": {"weight_decay": 1e-2},
+    # one global η: the groups share lr (η0) and may differ in everything else
+    "hd_sgd": {"weight_decay": 1e-2},
+    "hd_adam": {"weight_decay": 1e-2},
+    "rtho": {"weight_decay": 1e-2},
+    "marthe": {"weight_decay": 1e-2},
+    "marthe_every10": {"weight_decay": 1e-2},
 }
 _BFLOAT16_STALLS = (
     "with bfloat16 parameters its first steps ({first}) are far below the spacing of bfloat16 "
@@ -109,9 +126,86 @@ def _lookahead_over(base_factory):
     return factory
 
 
+def _hd_over(base_factory, **options):
+    def factory(params, **hparams) -> HD:
+        return HD(base_factory(params), **options, **hparams)
+
+    return factory
+
+
+def _hypergradient_variants() -> list[MethodConfig]:
+    marthe = get_method("marthe")
+    hd = {"hypergrad_lr": 1e-6}
+    weight_decay = {"weight_decay": 1e-2}
+
+    def marthe_variant(label: str, **hparams: Any) -> MethodConfig:
+        return MethodConfig(
+            label, marthe, {**HYPERGRADIENT_HPARAMS, **hparams}, second_group=weight_decay
+        )
+
+    def hd_variant(name: str, label: str, **hparams: Any) -> MethodConfig:
+        return MethodConfig(
+            label,
+            get_method(name),
+            {**CONFORMANCE_HPARAMS[name], **hparams},
+            second_group=weight_decay,
+        )
+
+    def hd_over(name: str, base: str, make_base, hparams: dict[str, Any], **options):
+        return _variant(name, base, _hd_over(make_base, **options), hparams)
+
+    return [
+        hd_variant("hd_sgd", "hd_sgd[foreach=False]", foreach=False),
+        hd_variant("hd_sgd", "hd_sgd[nesterov]", momentum=0.9, nesterov=True),
+        hd_variant("hd_adam", "hd_adam[foreach=False]", foreach=False),
+        MethodConfig(
+            "HD(SGD)",
+            hd_over("hd_over_sgd", "hd_sgd", lambda p: torch.optim.SGD(p, lr=0.01), hd),
+            second_group=weight_decay,
+        ),
+        MethodConfig(
+            "HD(SGD)[per_group]",
+            hd_over(
+                "hd_over_sgd_per_group",
+                "hd_sgd",
+                lambda p: torch.optim.SGD(p, lr=0.01),
+                hd,
+                per_group=True,
+            ),
+        ),
+        MethodConfig(
+            "HD(Adam)",
+            hd_over(
+                "hd_over_adam",
+                "hd_adam",
+                lambda p: torch.optim.Adam(p, lr=1e-2),
+                {"hypergrad_lr": 1e-7},
+            ),
+            second_group=weight_decay,
+        ),
+        MethodConfig(
+            "HD(AdamW)",
+            hd_over(
+                "hd_over_adamw",
+                "hd_adam",
+                lambda p: torch.optim.AdamW(p, lr=1e-2),
+                {"hypergrad_lr": 1e-7},
+            ),
+            second_group={"weight_decay": 0.0},
+        ),
+        marthe_variant("marthe[momentum]", momentum=0.9),
+        marthe_variant(
+            "marthe[nesterov,weight_decay]", momentum=0.9, nesterov=True, **weight_decay
+        ),
+        marthe_variant("marthe[adam]", inner="adam"),
+        marthe_variant("marthe[forward_over_reverse]", hvp="forward_over_reverse"),
+        marthe_variant("marthe[mu=0]", mu=0.0, kappa=None),
+    ]
+
+
 def _variants() -> list[MethodConfig]:
     l4_defaults = {k: v for k, v in get_method("l4adam").defaults.items() if k in _L4_GLOBAL}
-    return [
+    return _hypergradient_variants() + [
         MethodConfig("l4adam[foreach=False]", get_method("l4adam"), {"foreach": False}),
         MethodConfig("l4mom[foreach=False]", get_method("l4mom"), {"foreach": False}),
         MethodConfig(

@@ -259,9 +259,9 @@ def test_step_calls_the_closure_once_and_returns_its_loss(config: MethodConfig, 
     for _ in range(3):
         values: list[torch.Tensor] = []
 
-        def counting(closure: Callable[[], torch.Tensor], log=values):
-            def counted() -> torch.Tensor:
-                value = closure()
+        def counting(closure: Callable[..., torch.Tensor], log=values):
+            def counted(*parameters) -> torch.Tensor:
+                value = closure(*parameters)
                 log.append(value)
                 return value
 
@@ -330,9 +330,9 @@ def test_zero_grad(config: MethodConfig, mlp: Task) -> None:
 def _poisoned(bad_value: float, model: nn.Module):
     """A closure whose loss and gradients are NaN/inf (a diverged run), in either form."""
 
-    def wrap(closure: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-        def poisoned() -> torch.Tensor:
-            value = closure()
+    def wrap(closure: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        def poisoned(*parameters) -> torch.Tensor:
+            value = closure(*parameters)
             if value.requires_grad:  # graph form: the method differentiates this
                 return value * bad_value
             for p in model.parameters():

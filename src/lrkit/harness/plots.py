@@ -102,10 +102,20 @@ def _band(runs: list[dict[str, Any]], key: str):
     if length == 0:
         return None
     steps = np.asarray(series[0][0][:length], dtype=float)
-    values = np.asarray([s[1][:length] for s in series], dtype=float)
+    values = _drawable(np.asarray([s[1][:length] for s in series], dtype=float))
     with np.errstate(all="ignore"):
         q25, median, q75 = np.nanpercentile(values, [25, 50, 75], axis=0)
     return steps, median, q25, q75
+
+
+PLOT_LIMIT = 1e100
+
+
+def _drawable(values: np.ndarray) -> np.ndarray:
+    """inf, NaN and magnitudes beyond PLOT_LIMIT — a failed run on its way to overflow,
+    whose curve is drawn when every seed failed — as gaps: matplotlib's log axes break on
+    values near 1e300. (A learned LR of exactly 0 is a gap on the log axis by itself.)"""
+    return np.where(np.abs(values) <= PLOT_LIMIT, values, np.nan)
 
 
 def _draw(axis, band, label: str) -> None:
@@ -136,7 +146,7 @@ def plot_experiment(result: ExperimentResult, out: Path) -> Path | None:
         evals = [[e.get(result.primary_metric, math.nan) for e in r["evals"]] for r in finished]
         length = min(len(e) for e in evals)
         steps = np.asarray([e["step"] for e in finished[0]["evals"][:length]], dtype=float)
-        values = np.asarray([e[:length] for e in evals], dtype=float)
+        values = _drawable(np.asarray([e[:length] for e in evals], dtype=float))
         with np.errstate(all="ignore"):
             q25, median, q75 = np.nanpercentile(values, [25, 50, 75], axis=0)
         _draw(axes[2], (steps, median, q25, q75), label)
@@ -244,6 +254,40 @@ def plot_verdicts(claims: list[dict[str, Any]], out: Path, title: str) -> Path |
     fig.suptitle(title)
     fig.tight_layout()
     path = out / "verdicts.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+HYPERGRADIENT_KEYS = ("effective_lr", "mu", "beta", "hypergradient")
+
+
+def plot_diagnostics(
+    result: ExperimentResult,
+    out: Path,
+    keys: tuple[str, ...] = HYPERGRADIENT_KEYS,
+    log_keys: tuple[str, ...] = ("effective_lr", "beta"),
+) -> Path | None:
+    """One panel per logged diagnostic (default: a hypergradient method's η, μ, β and
+    hypergradient) against steps, median over the selected seeds with the interquartile
+    band, for every method that reports it; an experiment's own figure
+    (``Experiment(figure=...)``)."""
+    plt = _pyplot()
+    labels = list(dict.fromkeys(r["label"] for r in result.runs if r["role"] == "selected"))
+    reported = [k for k in keys if any(k in r["curve"] for r in result.runs)]
+    if plt is None or not labels or not reported:
+        return None
+    fig, axes = plt.subplots(1, len(reported), figsize=(4.4 * len(reported), 4.2), squeeze=False)
+    for axis, key in zip(axes[0], reported, strict=True):
+        for label in labels:
+            runs = [r for r in result.selected_runs(label) if key in r["curve"]]
+            if runs:
+                _draw(axis, _band(runs, key), label)
+        axis.set(title=key, xlabel="step", yscale="log" if key in log_keys else "linear")
+    axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(f"{result.experiment.title}: what the learned-LR methods report")
+    fig.tight_layout()
+    path = out / f"{result.experiment.name}_diagnostics.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

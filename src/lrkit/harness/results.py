@@ -14,6 +14,8 @@ A run record is a JSON-ready dict, built only by :func:`run_record`::
     thresholds      relative loss level → {step, time_s} of its first crossing, or None
     num_classes     classes of a classification task (for the chance-level rule), or None
     solver_message  (solvers only) the solver's closing message
+    schedule        (solvers that learn one, e.g. lrs_opt) {step, lr}: the learned LR per
+                    training step, replayable with the "replay" schedule
 
 The bench runner adds ``experiment``, ``label``, ``role`` ("grid": a tuning run, or
 "selected": a reported run) and ``provenance`` (code state, versions, threads).

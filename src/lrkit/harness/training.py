@@ -134,8 +134,9 @@ def train(config: RunConfig, progress: bool = False) -> dict[str, Any]:
 
 
 def solve(config: RunConfig, spec: MethodSpec, task: Task, data: TaskData) -> dict[str, Any]:
-    """Runs a whole-run solver on the full training set and records it like a training
-    run: a "step" is one solver iteration."""
+    """Runs a whole-run solver with the method's hyperparameters and records it like a
+    training run: a "step" is one solver iteration; a learned schedule is kept in the record
+    (``schedule``: the training step and the LR at it)."""
     assert spec.solver is not None
     spec.check_available()
     model = task.build_model(config.seed).to(resolve_device(config.device))
@@ -148,11 +149,19 @@ def solve(config: RunConfig, spec: MethodSpec, task: Task, data: TaskData) -> di
         per_example_loss=task.per_example_loss,
         reduction=task.reduction,
         max_iterations=max_iterations,
+        validation_inputs=data.validation_inputs,
+        validation_targets=data.validation_targets,
+        batch_size=task.batch_size if config.batch_size is None else config.batch_size,
+        total_steps=max_iterations,
+        seed=config.seed,
     )
-    trace = spec.solver(problem)
+    trace = spec.solver(problem, **{**spec.defaults, **config.hparams})
     final_loss = trace.train_losses[-1]
     steps_done = trace.steps[-1]
     evals.append({"step": steps_done, **task.evaluate(problem.model, data)})
+    extra: dict[str, Any] = {}
+    if trace.schedule is not None:
+        extra["schedule"] = {"step": list(range(len(trace.schedule))), "lr": trace.schedule}
     return run_record(
         config,
         total_steps=max_iterations,
@@ -162,7 +171,14 @@ def solve(config: RunConfig, spec: MethodSpec, task: Task, data: TaskData) -> di
         diverged=not math.isfinite(final_loss),
         error=None,
         train_time_s=trace.times_s[-1],
-        curve={"step": trace.steps, "train_loss": trace.train_losses, "time_s": trace.times_s},
+        curve={
+            "step": trace.steps,
+            "train_loss": trace.train_losses,
+            "time_s": trace.times_s,
+            **trace.curves,
+        },
         evals=evals,
+        num_classes=data.num_classes,
         solver_message=trace.message,
+        **extra,
     )

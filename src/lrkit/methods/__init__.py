@@ -9,6 +9,7 @@ declares, what it is built with, what it receives each step — is
 
 from lrkit.methods import (  # noqa: F401  (registration)
     baselines,
+    hypergradient,
     l4,
     levenberg_marquardt,
     lookahead,

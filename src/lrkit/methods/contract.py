@@ -32,7 +32,7 @@ validation closure it averages across ranks itself (:mod:`lrkit.methods.distribu
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
@@ -198,8 +198,8 @@ def learning_rate_diagnostics(optimizer: torch.optim.Optimizer) -> dict[str, flo
 
 @dataclass(frozen=True)
 class SolverProblem:
-    """A whole-run solver's problem (a method that is no torch optimizer, e.g.
-    Levenberg–Marquardt): the model (solved in place) and the full training set.
+    """A whole-run solver's problem (a method that is no torch optimizer: Levenberg–Marquardt,
+    the offline schedule optimiser LRS-OPT): the model (solved in place) and the task's data.
 
     Args:
         model: the model whose parameters are solved for; the solution is written into it.
@@ -207,7 +207,14 @@ class SolverProblem:
         train_targets: all training targets.
         per_example_loss: ``per_example_loss(outputs, targets)`` → one loss per row.
         reduction: "mean" or "sum".
-        max_iterations: the iteration budget.
+        max_iterations: the iteration budget (Levenberg–Marquardt: Jacobian evaluations).
+        validation_inputs: the held-out validation inputs (a solver that optimises a
+            validation objective), or ``None``.
+        validation_targets: their targets.
+        batch_size: the task's mini-batch size (``None``: full batch).
+        total_steps: the run's budget in optimizer steps (the length of a schedule).
+        seed: the run's seed; mini-batches drawn with it follow the order
+            ``Task.train_batches`` draws for that seed.
     """
 
     model: nn.Module
@@ -216,17 +223,32 @@ class SolverProblem:
     per_example_loss: PerExampleLoss
     reduction: Literal["mean", "sum"]
     max_iterations: int
+    validation_inputs: torch.Tensor | None = None
+    validation_targets: torch.Tensor | None = None
+    batch_size: int | None = None
+    total_steps: int = 0
+    seed: int = 0
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The task's loss: the per-example losses reduced."""
+        losses = self.per_example_loss(outputs, targets)
+        return losses.sum() if self.reduction == "sum" else losses.mean()
 
 
 @dataclass
 class SolverTrace:
     """What a solver reports: the training loss per iteration (with the seconds since it
-    started) and its closing message; the solution is already in the model."""
+    started) and its closing message; the solution is already in the model. ``curves`` are
+    further per-iteration values (same length as ``steps``), ``schedule`` a learned
+    learning-rate schedule (one value per training step) for solvers that produce one."""
 
     steps: list[int]
     train_losses: list[float]
     times_s: list[float]
     message: str = ""
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    schedule: list[float] | None = None
 
 
-Solver = Callable[[SolverProblem], SolverTrace]
+Solver = Callable[..., SolverTrace]
+"""``solver(problem, **hyperparameters)`` → :class:`SolverTrace`."""
