@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lrkit.methods.hypergradient import HD, HDSGD, HDAdam
@@ -277,6 +277,10 @@ OPTIMIZERS = {
     scale=st.sampled_from([1e-8, 1.0, 1e8]),
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )
+# found by hypothesis: dot products of +inf and -inf (math.fsum raised ValueError), and an η
+# finite on the host but past float32's range (the update kernel raised RuntimeError)
+@example(name="HDSGD", seed=1900, lr=0.0, beta=3805.0, scale=1.0, dtype=torch.float32)
+@example(name="HDSGD", seed=0, lr=0.0, beta=3557.0, scale=1.0, dtype=torch.float32)
 def test_eta_is_never_negative_or_nan(name, seed, lr, beta, scale, dtype) -> None:
     """Random problems and extreme loss scales: every η an optimizer holds — after a step, or
     after refusing a diverged one — is ≥ 0 and not NaN."""

@@ -119,6 +119,29 @@ def base_gradient_average(
     return "exp_avg" if decoupled and group["betas"][0] == beta else None
 
 
+def set_learning_rates(groups: list[dict[str, Any]], value: float) -> list[Any]:
+    """Sets every group's lr to ``value`` (a tensor lr in place) and returns what
+    :func:`restore_learning_rates` needs to put the old values back."""
+    saved = []
+    for group in groups:
+        lr = group["lr"]
+        if isinstance(lr, Tensor):
+            saved.append((lr, lr.clone()))
+            lr.fill_(value)
+        else:
+            saved.append((lr, None))
+            group["lr"] = value
+    return saved
+
+
+def restore_learning_rates(groups: list[dict[str, Any]], saved: list[Any]) -> None:
+    """Undoes :func:`set_learning_rates` (a tensor lr keeps its identity)."""
+    for group, (lr, value) in zip(groups, saved, strict=True):
+        if value is not None:
+            lr.copy_(value)
+        group["lr"] = lr
+
+
 class DirectionProbe:
     """Runs ``base.step()`` at lr 1 between a snapshot of the parameters and the step a
     method takes along the base's direction (see the module docstring).
@@ -152,24 +175,14 @@ class DirectionProbe:
         params = self.parameters()
         befores = self._buffers(params)
         torch._foreach_copy_(befores, params)
-        groups = self.base.param_groups
-        saved = [group["lr"] for group in groups]
-        saved_values = [lr.clone() if isinstance(lr, Tensor) else lr for lr in saved]
-        for group in groups:
-            if isinstance(group["lr"], Tensor):
-                group["lr"].fill_(PROBE_LR)
-            else:
-                group["lr"] = PROBE_LR
+        saved = set_learning_rates(self.base.param_groups, PROBE_LR)
         try:
             self.base.step()
         except BaseException:
             torch._foreach_copy_(params, befores)
             raise
         finally:
-            for group, lr, value in zip(groups, saved, saved_values, strict=True):
-                if isinstance(lr, Tensor):
-                    lr.copy_(value)
-                group["lr"] = lr
+            restore_learning_rates(self.base.param_groups, saved)
 
     def dots(self, tensors: Sequence[Tensor], params: Sequence[Tensor]) -> Tensor:
         """[t_i·v_i] for ``params[i]`` (each probed by :meth:`run`) as one float64 vector:

@@ -141,7 +141,8 @@ class _HypergradientDescent(torch.optim.Optimizer):
         # product, or at a first step its sum, non-finite) and the loss, as Python numbers;
         # η is then updated on the host and the kernels take it as a plain step size.
         values = torch.stack(dots + checked).tolist() if dots or checked else []
-        descent = math.fsum(w * d for w, d in zip(weights, values, strict=False))
+        finite = all(math.isfinite(v) for v in values)
+        descent = math.fsum(w * d for w, d in zip(weights, values, strict=False)) if finite else 0.0
         if overwritten:
             # a borrowed gradient was zeroed in place (zero_grad(set_to_none=False)): this
             # step's h is unknown; copy the gradients from now on
@@ -150,13 +151,23 @@ class _HypergradientDescent(torch.optim.Optimizer):
         rate = descend_learning_rate(
             self._scalars["learning_rate"], hypergradient, self.defaults["hypergrad_lr"]
         )
-        if not all(math.isfinite(v) for v in [*values, hypergradient, rate]):
+        # η must also be a number in the parameters' dtype (a float32 step size past 3.4e38
+        # would overflow the update kernels)
+        largest = min(
+            (torch.finfo(p.dtype).max for _, params, _ in work for p in params), default=math.inf
+        )
+        if not (finite and math.isfinite(hypergradient) and math.isfinite(rate)) or rate > largest:
             value = torch.zeros(()) if loss is None else torch.as_tensor(loss).detach()
             raise_if_non_finite(
                 self._name,
                 value.reshape(-1)[0],
                 [g for _, _, grads in work for g in grads],
                 scalars={"hypergradient": hypergradient, "learning rate": rate},
+            )
+            raise FloatingPointError(
+                f"{self._name}: the hypergradient overflowed or η = {rate:.3g} is not a number "
+                "in the parameters' dtype (every input is finite: lower hypergrad_lr); no "
+                "parameter or optimizer state was changed"
             )
         for group, params, grads in work:
             foreach = group["foreach"]

@@ -29,14 +29,15 @@ from lrkit.methods.hypergradient.common import flat_dot, raise_if_non_finite, sc
 from lrkit.methods.hypergradient.hd import _HypergradientDescent
 from lrkit.methods.hypergradient.marthe import MARTHE
 from lrkit.methods.hypergradient.rules import descend_learning_rate
-from lrkit.methods.l4 import (
-    _PROBE_LR,
-    _UNSUPPORTED_BASES,
-    _L4Base,
-    _restore_learning_rates,
-    _set_learning_rates,
+from lrkit.methods.l4.rule import L4Rule
+from lrkit.methods.loading import check_indexed, check_optimizer_state, check_own_entry, without
+from lrkit.methods.probe import (
+    PROBE_LR,
+    UNSUPPORTED_BASES,
+    restore_learning_rates,
+    set_learning_rates,
 )
-from lrkit.methods.wrapping import WrapsOptimizer, base_parameters, load_wrapped_state
+from lrkit.methods.wrapping import WrapsOptimizer, base_parameters
 
 LossClosure = Callable[[], Any]
 
@@ -48,9 +49,9 @@ def _check_base(base_optimizer: Any) -> None:
             "build the base first, e.g. HD(torch.optim.SGD(model.parameters(), lr=1e-3), ...)"
         )
     name = type(base_optimizer).__name__
-    if isinstance(base_optimizer, _HypergradientDescent | _L4Base | MARTHE | HD):
+    if isinstance(base_optimizer, _HypergradientDescent | L4Rule | MARTHE | HD):
         raise ValueError(f"HD needs a base that takes a learning rate; {name} sets its own")
-    for unsupported, reason in _UNSUPPORTED_BASES.items():
+    for unsupported, reason in UNSUPPORTED_BASES.items():
         if isinstance(base_optimizer, unsupported):
             raise ValueError(
                 f"HD cannot wrap {name}: {reason}. HD reads the base's direction as its "
@@ -160,7 +161,7 @@ class HD(WrapsOptimizer, torch.optim.Optimizer):
         params = base_parameters(self.base_optimizer)
         with_grad = {id(p) for p in params if p.grad is not None}
         before = [p.detach().clone() for p in params]
-        saved = _set_learning_rates(self.param_groups, _PROBE_LR)
+        saved = set_learning_rates(self.param_groups, PROBE_LR)
         try:
             self.base_optimizer.step()
         except BaseException:
@@ -168,7 +169,7 @@ class HD(WrapsOptimizer, torch.optim.Optimizer):
                 param.copy_(value)
             raise
         finally:
-            _restore_learning_rates(self.param_groups, saved)
+            restore_learning_rates(self.param_groups, saved)
         position = 0
         for index, group in enumerate(self.param_groups):
             rate = rates[index if self.per_group else 0]
@@ -217,13 +218,25 @@ class HD(WrapsOptimizer, torch.optim.Optimizer):
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = load_wrapped_state(self, state_dict, "hd", "directions", "previous directions")
-        if bool(saved["per_group"]) != self.per_group:
-            raise ValueError(
-                f"state dict was saved with per_group={saved['per_group']}, this HD has "
-                f"per_group={self.per_group}"
-            )
+        """Checks all of ``state_dict`` (torch's part for the base, the ``"hd"`` entry, the
+        previous directions by parameter index) and loads only when every check passed."""
         params = base_parameters(self.base_optimizer)
+        saved = check_own_entry(
+            state_dict,
+            "hd",
+            who="HD",
+            fields=("step", "learning_rates", "hypergradients", "hypergrad_lr", "directions"),
+            saved_by={"per_group": self.per_group},
+        )
+        check_optimizer_state(self.base_optimizer, without(state_dict, "hd"), who="HD")
+        check_indexed(
+            saved["directions"],
+            params,
+            who="HD",
+            what="previous directions",
+            tensors=("previous_direction",),
+        )
+        self.base_optimizer.load_state_dict(without(state_dict, "hd"))
         device = params[0].device
         self.hypergrad_lr = float(saved["hypergrad_lr"])
         self._scalars = {
