@@ -229,6 +229,8 @@ class Runner:
                 name: [r for r in records if r["experiment"] == name] for name in stage.experiments
             },
             artifacts={name: self.artifacts[name] for name in stage.artifacts},
+            smoke=stage.smoke,
+            device=self.device,
         )
         artifact = stage.build(inputs)
         write_json(path, artifact)

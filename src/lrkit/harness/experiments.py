@@ -148,10 +148,13 @@ class Experiment:
 @dataclass(frozen=True)
 class StageInputs:
     """What a stage reads: the finished runs of the experiments it names (by experiment) and
-    the artifacts of the stages it names (by stage)."""
+    the artifacts of the stages it names (by stage); ``smoke`` is set in a smoke run (a stage
+    that trains runs a few steps then), ``device`` is the bench's ``--device``."""
 
     runs: Mapping[str, list[dict[str, Any]]]
     artifacts: Mapping[str, dict[str, Any]]
+    smoke: bool = False
+    device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,7 @@ class Stage:
         experiments: the experiments whose runs it reads (they run before it).
         artifacts: the stages whose artifacts it reads.
         title: what it makes, for the report.
+        smoke: set by :meth:`Suite.smoke`; passed on in :class:`StageInputs`.
     """
 
     name: str
@@ -171,6 +175,7 @@ class Stage:
     experiments: tuple[str, ...] = ()
     artifacts: tuple[str, ...] = ()
     title: str = ""
+    smoke: bool = False
 
 
 @dataclass(frozen=True)
@@ -240,6 +245,9 @@ class Suite:
 
     def smoke(self) -> Suite:
         """The CI version: every experiment, stage and contender for a few steps."""
-        plan = tuple(item.smoke() if isinstance(item, Experiment) else item for item in self.plan)
+        plan = tuple(
+            item.smoke() if isinstance(item, Experiment) else replace(item, smoke=True)
+            for item in self.plan
+        )
         costs = tuple(replace(cost, steps=3, memory=False, repeats=1) for cost in self.costs)
         return replace(self, plan=plan, seeds=1, costs=costs)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lrkit.harness.experiments import SCALES, Suite
-from lrkit.suites import l4, quick
+from lrkit.suites import l4, marthe, quick
 
 
 @dataclass(frozen=True)
@@ -52,5 +52,11 @@ register_suite(
     "l4",
     l4.build,
     "the L4 paper's experiments (Tables 1–4, Figs. 2, 3, 6, 7, 9), scaled to 2 CPUs",
+    scales=("cpu", "paper"),
+)
+register_suite(
+    "marthe",
+    marthe.build,
+    "the MARTHE paper's experiments (Fig. 1, Secs. 5 and 6): HD, RTHO, MARTHE, LRS-OPT",
     scales=("cpu", "paper"),
 )

@@ -54,6 +54,7 @@ from lrkit.methods.hypergradient.rules import (
     clip_hypergradient,
     descend_learning_rate,
 )
+from lrkit.methods.loading import check_optimizer_state, check_own_entry, without
 
 _GROUP_KEYS = ("momentum", "nesterov", "betas", "eps", "weight_decay")
 
@@ -324,21 +325,45 @@ class MARTHE(torch.optim.Optimizer):
         """torch's state dict (per-parameter buffers and tangents) plus ``"marthe"``: η, μ, c,
         β, the last two hypergradients, the losses and the step count."""
         state_dict = super().state_dict()
-        state_dict["marthe"] = {
-            key: value.clone() if isinstance(value, Tensor) else value
-            for key, value in self._scalars.items()
-        }
+        state_dict["marthe"] = {key: _saved(key, value) for key, value in self._scalars.items()}
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "marthe" not in state_dict:
-            raise ValueError("state dict has no 'marthe' entry: it was not saved by MARTHE")
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "marthe"})
-        device = self._scalars["learning_rate"].device
-        self._scalars = {
-            key: value.to(device).clone() if isinstance(value, Tensor) else value
-            for key, value in state_dict["marthe"].items()
-        }
+        """Checks all of ``state_dict`` (torch's part, the ``"marthe"`` entry) and loads only
+        when every check passed."""
+        entry = check_own_entry(
+            state_dict,
+            "marthe",
+            who="MARTHE",
+            fields=("step",),
+            saved_by={},
+            scalars=tuple(key for key in self._scalars if key != "step"),
+        )
+        check_optimizer_state(self, without(state_dict, "marthe"), who="MARTHE")
+        super().load_state_dict(without(state_dict, "marthe"))
+        reference = self._scalars["learning_rate"]
+        self._scalars = {key: _loaded(value, reference) for key, value in entry.items()}
+
+
+def _saved(key: str, value: Any) -> Any:
+    """A scalar for the state dict; a loss not measured yet (NaN) is saved as None, so that a
+    state dict holds only finite numbers."""
+    if not isinstance(value, Tensor):
+        return value
+    if key in _MEASURED and bool(torch.isnan(value)):
+        return None
+    return value.clone()
+
+
+def _loaded(value: Any, reference: Tensor) -> Any:
+    if value is None:
+        return torch.full_like(reference, float("nan"))
+    if isinstance(value, Tensor):
+        return value.to(device=reference.device).clone()
+    return value
+
+
+_MEASURED = ("loss", "validation_loss")
 
 
 def _parameter_names(model: nn.Module, params: list[Tensor]) -> list[str]:
