@@ -16,7 +16,7 @@ from lrkit.harness.bench import run_suite
 from lrkit.harness.claims import at_least_as_good
 from lrkit.harness.cost import measure_cost
 from lrkit.harness.experiments import Contender, Experiment, Suite
-from lrkit.harness.plan import count_runs
+from lrkit.harness.plan import count_runs, select
 from lrkit.harness.report import write_report
 from lrkit.harness.results import RunConfig, threshold_crossings
 from lrkit.harness.training import train
@@ -310,3 +310,18 @@ def test_every_suite_runs_as_smoke_from_the_cli(suite_name, tmp_path):
     # every claim finds the runs it names (a renamed entry must not make a claim vanish)
     for claim in results["claims"]:
         assert "could not be checked" not in claim["measured"], claim
+
+
+def test_select_keeps_only_the_stages_a_kept_experiment_uses():
+    """--tasks keeps a stage when a kept experiment reads its artifact (MARTHE's κ for Sec. 6,
+    LRS-OPT's schedule for the replay) and drops it otherwise, so a partial run does not pay
+    for a stage whose artifact nothing uses."""
+    from lrkit.suites import get_suite
+
+    suite = get_suite("marthe")
+    kept = select(suite, tasks=["sec5", "sec5_replay"])
+    assert [item.name for item in kept.plan] == ["sec5", "lrs_opt_schedule", "sec5_replay"]
+    assert [item.name for item in select(suite, tasks=["sec6_adam"]).plan] == [
+        "kappa_sec6_adam",
+        "sec6_adam",
+    ]

@@ -194,9 +194,11 @@ class InstanceTableSGD(_Example):
         for (p, lr), g in zip(pairs, grads, strict=True):
             p.add_(g, alpha=-lr)
         indices = gather_across_ranks(batch.indices)
-        all_losses = gather_across_ranks(losses.detach().float())
+        # standardised in float64: a float32 copy of large losses overflows their variance
+        all_losses = gather_across_ranks(losses.detach().double())
         z = (all_losses - all_losses.mean()) / (all_losses.std() + 1e-8)
-        updated = self.instance_multipliers[indices] * torch.exp(-self.param_groups[0]["rate"] * z)
+        factor = torch.exp(-self.param_groups[0]["rate"] * z).to(self.instance_multipliers.dtype)
+        updated = self.instance_multipliers[indices] * factor
         self.instance_multipliers[indices] = updated.clamp(0.1, 10.0)
         return loss
 

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 from lrkit.errors import MissingExtraError
-from lrkit.harness.experiments import Experiment, Stage, Suite
+from lrkit.harness.experiments import ArtifactRef, Experiment, Stage, Suite
 from lrkit.methods import get_method
 
 
@@ -32,7 +34,8 @@ def select(
     suite: Suite, *, tasks: list[str] | None = None, methods: list[str] | None = None
 ) -> Suite:
     """The suite restricted to the given tasks and methods (by task name / method name or
-    contender label). Stages stay when everything they read stays; claims across
+    contender label). Stages stay when everything they read stays and a kept experiment or
+    stage uses their artifact; claims across
     experiments go; cost checks stay for the kept tasks and methods."""
     plan: list[Experiment | Stage] = []
     kept: set[str] = set()
@@ -52,6 +55,7 @@ def select(
             kept.add(item.name)
     if not any(isinstance(item, Experiment) for item in plan):
         raise ValueError("the --tasks/--methods filters leave no experiment to run")
+    plan = _without_unused_stages(plan)
     costs = tuple(
         replace(check, methods=tuple(m for m in check.methods if not methods or m in methods))
         for check in suite.costs
@@ -72,3 +76,28 @@ def check_available(suite: Suite) -> None:
                     f"(needs {spec.requires or 'an implementation'}); pip install "
                     f"'lrkit[{spec.extra}]' or leave it out with --methods"
                 )
+
+
+def _artifact_names(value: Any) -> set[str]:
+    """The artifacts an :class:`ArtifactRef` in ``value`` (also inside dicts) names."""
+    if isinstance(value, ArtifactRef):
+        return {value.artifact}
+    if isinstance(value, Mapping):
+        return set().union(*(_artifact_names(item) for item in value.values()))
+    return set()
+
+
+def _without_unused_stages(plan: list[Experiment | Stage]) -> list[Experiment | Stage]:
+    """``plan`` without the stages whose artifact no later kept item uses."""
+    used: set[str] = set()
+    kept: list[Experiment | Stage] = []
+    for item in reversed(plan):
+        if isinstance(item, Stage):
+            if item.name not in used:
+                continue
+            used.update(item.artifacts)
+        else:
+            for contender in item.contenders:
+                used.update(_artifact_names(contender.hparams))
+        kept.append(item)
+    return kept[::-1]

@@ -47,7 +47,9 @@ def get_suite(name: str, scale: str = "cpu") -> Suite:
     return entry.build(scale)
 
 
-register_suite("quick", quick.build, "offline, a few minutes: digits MLP, Recht regression, Beale")
+register_suite(
+    "quick", quick.build, "a few minutes: Fashion-MNIST MLP (7000 images), Recht regression, Beale"
+)
 register_suite(
     "l4",
     l4.build,

@@ -152,7 +152,8 @@ def resembles_lrs_opt(name: str, method: str, others: tuple[str, ...], text: str
             theirs = distances(other)
             comparison = compare(ours, theirs, maximize=False)
             comparisons.append(comparison)
-            parts.append(f"{other}: {statistics.fmean(theirs):.3g} ({describe(comparison)})")
+            mean = f"{statistics.fmean(theirs):.3g}" if theirs else "—"
+            parts.append(f"{other}: {mean} ({describe(comparison)})")
         outcomes = {c.outcome for c in comparisons}
         held = None if "undecided" in outcomes else outcomes == {"better"}
         worst = min(comparisons, key=lambda c: (c.effect is None, c.effect or 0.0))
