@@ -27,7 +27,6 @@ from lrkit.harness.claims import Verdict, at_least_as_good
 from lrkit.harness.experiments import (
     SMOKE_BATCH_CAP,
     SMOKE_EVAL_ROWS,
-    SMOKE_STEPS,
     ArtifactRef,
     Claim,
     Contender,
@@ -56,6 +55,7 @@ SEC6_HD_GRID = (1e-4, 1e-3, 1e-2)
 SEC6_RTHO_GRID = (1e-5, 1e-4, 1e-3)
 SEC6_HD_ADAM_GRID = (1e-8, 1e-7, 1e-6)
 KAPPA_TRIAL_FRACTION = 0.25
+SEC6_SMOKE_STEPS = 4  # a ResNet step is ~10x an MLP step: CI's smoke run stays short
 SCALES: dict[str, dict[str, Any]] = {
     "cpu": {
         "sec6_tasks": {"momentum": "fmnist_resnet", "adam": "fmnist_resnet"},
@@ -342,7 +342,7 @@ def kappa_stage(experiment: str, task: str, inner: dict[str, Any], steps: int | 
         options: dict[str, Any] = {"device": inputs.device}
         if inputs.smoke:
             options.update(
-                steps=SMOKE_STEPS, batch_size=SMOKE_BATCH_CAP, eval_subset=SMOKE_EVAL_ROWS
+                steps=SEC6_SMOKE_STEPS, batch_size=SMOKE_BATCH_CAP, eval_subset=SMOKE_EVAL_ROWS
             )
         else:
             budget = steps if steps is not None else get_task(task).steps
@@ -530,6 +530,7 @@ def _sec6(inner: str, task: str, steps: int | None) -> tuple[Experiment | Stage,
         task=task,
         steps=steps,
         seeds=5,
+        smoke_steps=SEC6_SMOKE_STEPS,
         contenders=(
             Contender(base, grid={"lr": grid}),
             *schedules,
