@@ -216,25 +216,14 @@ def _quarter_point_table(result: ExperimentResult) -> str:
 # ------------------------------------------------------------------------ figures
 
 
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
 def trajectories_figure(result: ExperimentResult, out: Path) -> Path | None:
     """Fig. 1 right: each method's trajectory (its best grid point) on the loss surface."""
     import numpy as np
     import torch
 
-    from lrkit.harness.plots import style
+    from lrkit.harness.plots import pyplot, style
 
-    plt = _pyplot()
+    plt = pyplot()
     runs = [r for r in result.runs if r["role"] == "selected" and r["evals"]]
     if plt is None or not runs:
         return None
@@ -277,9 +266,9 @@ def schedules_figure(result: ExperimentResult, out: Path) -> Path | None:
     """Fig. 2 left: the learned schedules (median over seeds) over LRS-OPT's."""
     import numpy as np
 
-    from lrkit.harness.plots import style
+    from lrkit.harness.plots import pyplot, style
 
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return None
     fig, axis = plt.subplots(figsize=(8, 4.8))
@@ -614,32 +603,24 @@ def build(scale: str = "cpu") -> Suite:
             "count is not legible); 5 seeds instead of 20."
         ),
         plan=tuple(plan),
-        costs=(
-            CostCheck(
-                "fmnist_mlp",
-                ("hd_sgd", "hd_adam"),
-                max_ratio=1.05,
-                source="one dot product more than the base",
-            ),
-            CostCheck(
-                "fmnist_mlp",
-                ("rtho", "marthe", "marthe_every10"),
-                max_ratio=3.0,
-                source="train forward/backward, one HVP, validation forward/backward",
-            ),
-            CostCheck(
-                "fmnist_2c2d",
-                ("hd_sgd", "hd_adam"),
-                max_ratio=1.05,
-                steps=40,
-                source="one dot product more than the base",
-            ),
-            CostCheck(
-                "fmnist_2c2d",
-                ("rtho", "marthe", "marthe_every10"),
-                max_ratio=3.0,
-                steps=40,
-                source="train forward/backward, one HVP, validation forward/backward",
-            ),
+        costs=tuple(
+            check
+            for task, steps in (("fmnist_mlp", 100), ("fmnist_2c2d", 40))
+            for check in (
+                CostCheck(
+                    task,
+                    ("hd_sgd", "hd_adam"),
+                    max_ratio=1.05,
+                    steps=steps,
+                    source="one dot product more than the base",
+                ),
+                CostCheck(
+                    task,
+                    ("rtho", "marthe", "marthe_every10"),
+                    max_ratio=3.0,
+                    steps=steps,
+                    source="train forward/backward, one HVP, validation forward/backward",
+                ),
+            )
         ),
     )
