@@ -44,7 +44,7 @@ from lrkit.methods.hypergradient import choose_kappa
 from lrkit.tasks import get_task
 
 TEST_FUNCTION_GRID = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
-KAPPA_GRID_2D = (1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
+KAPPA_GRID_2D = tuple(10.0**-k for k in range(18, 3, -1))  # 1e-18 … 1e-4: δ on Beale reaches 1e4
 SEC5_HD_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
 SEC5_BETA_GRID = (1e-6, 1e-5, 1e-4, 1e-3)
 SEC5_KAPPA_GRID = (1e-10, 1e-9, 1e-8, 1e-7)
