@@ -271,3 +271,24 @@ def test_the_documented_loops_run(index: int, printed: str, capsys) -> None:
     assert len(blocks) == 3
     exec(compile(blocks[index], f"docs/contract.md block {index}", "exec"), {})
     assert printed in capsys.readouterr().out
+
+
+def test_public_optimizers_document_every_argument():
+    """Every public optimizer class has an ``Args:`` entry for each argument of its
+    ``__init__``, as torch.optim's classes do."""
+    import inspect
+
+    import lrkit
+
+    missing = {}
+    for name in lrkit.__all__:
+        obj = getattr(lrkit, name)
+        if not (inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer)):
+            continue
+        doc = inspect.getdoc(obj) or ""
+        args = doc.split("Args:", 1)[1] if "Args:" in doc else ""
+        params = [p for p in inspect.signature(obj.__init__).parameters if p != "self"]
+        absent = [p for p in params if f"\n{p}:" not in "\n" + args.replace("    ", "")]
+        if absent:
+            missing[name] = absent
+    assert not missing, f"undocumented arguments: {missing}"

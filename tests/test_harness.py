@@ -325,3 +325,31 @@ def test_select_keeps_only_the_stages_a_kept_experiment_uses():
         "kappa_sec6_adam",
         "sec6_adam",
     ]
+
+
+def test_cost_table_reads_every_number_from_the_rows(tmp_path):
+    """scripts/cost_table.py writes its README from the JSON rows: a ratio above its target
+    is marked as not met, one below as met."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "cost_table", Path(__file__).resolve().parents[1] / "scripts" / "cost_table.py"
+    )
+    cost_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cost_table)
+    row = {"base": "adam", "ms_per_step": 2.0, "peak_memory_mb": None}
+    rows = [
+        {**row, "method": "slow", "ratio_to_base": 1.3, "ratio_min": 1.2, "ratio_max": 1.4},
+        {**row, "method": "fast", "ratio_to_base": 1.01, "ratio_min": 1.0, "ratio_max": 1.02},
+    ]
+    (tmp_path / "t.json").write_text(json.dumps(rows))
+    meta = {
+        "machine": "m",
+        "torch": "t",
+        "commit": "c",
+        "runs": [{"task": "t", "command": "x", "seconds": 1.0}],
+    }
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    text = cost_table.readme(tmp_path, {"slow": 1.1, "fast": 1.1}, "rows")
+    assert "| t | slow | adam | 2.00 | 1.300 (1.200–1.400) | ≤ 1.10 | no | — |" in text
+    assert "| t | fast | adam | 2.00 | 1.010 (1.000–1.020) | ≤ 1.10 | yes | — |" in text

@@ -102,6 +102,7 @@ class Experiment:
         grid_extensions: how many log steps a grid may grow on each side while its best
             point sits on that edge.
         batch_size_cap: the largest mini-batch (smoke runs; full-batch tasks are left alone).
+        smoke_steps: the steps of a smoke run (fewer for an experiment whose steps are slow).
     """
 
     name: str
@@ -124,6 +125,7 @@ class Experiment:
     deterministic: bool = False
     grid_extensions: int = 3
     batch_size_cap: int | None = None
+    smoke_steps: int = SMOKE_STEPS
 
     def smoke(self) -> Experiment:
         """A few steps of every contender, one seed, grids cut to their first two points and
@@ -131,8 +133,8 @@ class Experiment:
         the first rows of the validation and test sets."""
         return replace(
             self,
-            steps=SMOKE_STEPS,
-            eval_every=SMOKE_STEPS,
+            steps=self.smoke_steps,
+            eval_every=self.smoke_steps,
             log_every=1,
             seeds=1,
             eval_subset=SMOKE_EVAL_ROWS,

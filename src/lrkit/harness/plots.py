@@ -80,7 +80,9 @@ def style(label: str, kind: str | None = None) -> dict[str, Any]:
     return {"color": color, "linestyle": LINESTYLES.get(kind, "--"), "linewidth": width}
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None without matplotlib (the report then
+    says how to get plots)."""
     try:
         import matplotlib
 
@@ -132,7 +134,7 @@ def plot_experiment(result: ExperimentResult, out: Path) -> Path | None:
     """Training loss, learning rate (the effective LR where the method reports one) and the
     primary metric against steps: median over the selected seeds with the interquartile
     band."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = list(dict.fromkeys(r["label"] for r in result.runs if r["role"] == "selected"))
     if plt is None or not labels:
         return None
@@ -171,7 +173,7 @@ def plot_sensitivity(
     """Each tuned contender's primary metric across its whole LR grid (the tuning runs), and
     every untuned method's median over its seeds as a horizontal line: what "no tuning"
     buys against a grid search."""
-    plt = _pyplot()
+    plt = pyplot()
     tuned = [t for t in tuning if t["experiment"] == result.experiment.name and t["values"]]
     numeric = [t for t in tuned if all(isinstance(v, (int, float)) for v in t["values"])]
     if plt is None or not numeric:
@@ -219,7 +221,7 @@ def plot_sensitivity(
 def plot_verdicts(claims: list[dict[str, Any]], out: Path, title: str) -> Path | None:
     """Every comparison claim as its effect with the 95 % interval, coloured by outcome
     (positive: the method is better); one panel per metric and scale."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = [c for c in claims if c.get("comparison") and c["comparison"]["effect"] is not None]
     if plt is None or not rows:
         return None
@@ -272,7 +274,7 @@ def plot_diagnostics(
     hypergradient) against steps, median over the selected seeds with the interquartile
     band, for every method that reports it; an experiment's own figure
     (``Experiment(figure=...)``)."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = list(dict.fromkeys(r["label"] for r in result.runs if r["role"] == "selected"))
     reported = [k for k in keys if any(k in r["curve"] for r in result.runs)]
     if plt is None or not labels or not reported:

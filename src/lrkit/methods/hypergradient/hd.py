@@ -252,7 +252,17 @@ class HDSGD(_HypergradientDescent):
     """SGD (optionally with momentum or Nesterov momentum, and L2 weight decay, exactly as
     ``torch.optim.SGD`` with dampening 0) whose one global learning rate η is learned by
     hypergradient descent on the training loss (module docstring). ``lr`` is η0,
-    ``hypergrad_lr`` is β (Baydin et al.: 1e-3 for SGD)."""
+    ``hypergrad_lr`` is β (Baydin et al.: 1e-3 for SGD).
+
+    Args:
+        params: the parameters or param groups to optimise (they share the one η).
+        lr: η0, the initial learning rate (1e-3).
+        hypergrad_lr: β, the hypergradient step (1e-3).
+        momentum: SGD momentum (0).
+        nesterov: Nesterov momentum (needs momentum > 0).
+        weight_decay: L2 weight decay added to the gradient, as torch.optim.SGD.
+        foreach: multi-tensor kernels (None: where the device supports them).
+    """
 
     _name = "HDSGD"
 
@@ -305,7 +315,17 @@ class HDAdam(_HypergradientDescent):
     """Adam (``torch.optim.Adam``'s update, L2 ``weight_decay``, no amsgrad) whose one global
     learning rate η is learned by hypergradient descent on the training loss, with
     u = m̂/(sqrt(v̂) + ε) the Adam direction (module docstring). ``lr`` is η0,
-    ``hypergrad_lr`` is β (Baydin et al.: 1e-7 for Adam)."""
+    ``hypergrad_lr`` is β (Baydin et al.: 1e-7 for Adam).
+
+    Args:
+        params: the parameters or param groups to optimise (they share the one η).
+        lr: η0, the initial learning rate (1e-3).
+        hypergrad_lr: β, the hypergradient step (1e-7).
+        betas: Adam's moment decays (0.9, 0.999).
+        eps: added to sqrt(v̂) (1e-8).
+        weight_decay: L2 weight decay added to the gradient, as torch.optim.Adam.
+        foreach: multi-tensor kernels (None: where the device supports them).
+    """
 
     _name = "HDAdam"
 

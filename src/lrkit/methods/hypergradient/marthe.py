@@ -70,6 +70,10 @@ class MARTHE(torch.optim.Optimizer):
         model: the module the parameters belong to (for ``hvp="forward_over_reverse"``,
             which evaluates the closure at named parameters).
         inner: "sgd" (with ``momentum``, ``nesterov``) or "adam" (``betas``, ``eps``).
+        momentum: the inner SGD's momentum (0).
+        nesterov: Nesterov momentum for the inner SGD (needs momentum > 0).
+        betas: the inner Adam's moment decays (0.9, 0.999).
+        eps: the inner Adam's ε added to sqrt(v̂) (1e-8).
         weight_decay: L2 coefficient added to the gradient, as in torch.optim.
         mu: the tangent's discount, a float in [0, 1] (fixed) or "adaptive" (μ0 = 0).
         beta: the hyper-learning rate β (fixed), or β0 when ``kappa`` is given.

@@ -164,6 +164,23 @@ class L4Adam(_L4Direct):
     same steps (up to rounding). ``weight_decay`` is an L2 term in the loss L4 sees. Per
     group: alpha, betas, adam_epsilon, weight_decay, foreach; γ, γ0, τ, ε and ``max_growth``
     are global. ``foreach=None`` uses multi-tensor kernels on CPU, CUDA and XPU.
+
+    Args:
+        params: the parameters or param groups to optimise.
+        alpha: α, the fraction of the predicted loss decrease to take (paper: 0.15; 0.25
+            also works for Adam directions).
+        gamma: γ, the fraction of L_min the step aims at (0.9).
+        gamma0: γ0, the initial L_min as a fraction of the first loss (0.75).
+        tau: τ, the steps over which L_min is forgotten (L_min ← L_min·(1 + 1/τ)), 1000.
+        epsilon: ε added to g·v (1e-12).
+        betas: Adam's moment decays (0.9, 0.999).
+        adam_epsilon: added to sqrt(û) (paper: 1e-4).
+        weight_decay: an L2 term in the loss L4 sees.
+        foreach: multi-tensor kernels (None: where the device supports them).
+        max_growth: optional cap c on η's growth per step (η_t ≤ c·η̄_(t−1)); None keeps the
+            paper's rule.
+        all_reduce_loss: under torch.distributed, average the loss over ranks before use
+            (every rank computes the same η).
     """
 
     _direction_kind = "adam"
@@ -229,6 +246,22 @@ class L4Mom(_L4Direct):
     so g·v = |m̂|² > 0 unless the gradient estimate is zero, and
     η = α·(L − γ·L_min)/(|m̂|² + ε). Per group: alpha, beta, weight_decay (L2 in the
     loss), foreach; γ, γ0, τ, ε and ``max_growth`` are global. See the module docstring.
+
+    Args:
+        params: the parameters or param groups to optimise.
+        alpha: α, the fraction of the predicted loss decrease to take (paper: 0.15; 0.25
+            also works for Adam directions).
+        gamma: γ, the fraction of L_min the step aims at (0.9).
+        gamma0: γ0, the initial L_min as a fraction of the first loss (0.75).
+        tau: τ, the steps over which L_min is forgotten (L_min ← L_min·(1 + 1/τ)), 1000.
+        epsilon: ε added to g·v (1e-12).
+        beta: the gradient EMA's decay (0.9).
+        weight_decay: an L2 term in the loss L4 sees.
+        foreach: multi-tensor kernels (None: where the device supports them).
+        max_growth: optional cap c on η's growth per step (η_t ≤ c·η̄_(t−1)); None keeps the
+            paper's rule.
+        all_reduce_loss: under torch.distributed, average the loss over ranks before use
+            (every rank computes the same η).
     """
 
     _direction_kind = "momentum"

@@ -53,6 +53,18 @@ class L4(WrapsOptimizer, L4Rule):
     ``l4_hparams`` (checked at every step). ``state_dict()`` is the base's state dict plus
     ``"l4"``; ``load_state_dict`` checks all of it — the base's class, groups, per-parameter
     state, L4's entry — before loading any of it.
+
+    Args:
+        base_optimizer: a built torch optimizer whose update is proportional to its lr.
+        alpha: α, the fraction of the predicted loss decrease to take (0.15).
+        gamma: γ, the fraction of L_min the step aims at (0.9).
+        gamma0: γ0, the initial L_min as a fraction of the first loss (0.75).
+        tau: τ, the steps over which L_min is forgotten (1000).
+        epsilon: ε added to g·v (1e-12).
+        grad_beta: the decay of L4's gradient EMA g (0.9); with Adam/AdamW bases whose
+            betas[0] equals it, L4 reads the base's exp_avg instead of keeping its own.
+        max_growth: optional cap c on η's growth per step; None keeps the paper's rule.
+        all_reduce_loss: under torch.distributed, average the loss over ranks before use.
     """
 
     _direction_kind = "wrapper"
