@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,12 @@ def style(label: str, kind: str | None = None) -> dict[str, Any]:
         kind = spec.kind if spec is not None else "baseline"
     width = 2.0 if kind in ("lrkit", "example") else 1.3
     return {"color": color, "linestyle": LINESTYLES.get(kind, "--"), "linewidth": width}
+
+
+def wrapped(title: str, width: int = 80) -> str:
+    """A figure title broken into lines that fit the figure (long experiment titles were cut
+    off at the edges)."""
+    return textwrap.fill(title, width)
 
 
 def pyplot():
@@ -159,7 +166,9 @@ def plot_experiment(result: ExperimentResult, out: Path) -> Path | None:
     if not result.maximize:
         axes[2].set_yscale("log")
     axes[2].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.suptitle(f"{result.experiment.title} — median over {n_seeds} seeds, band: quartiles")
+    fig.suptitle(
+        wrapped(f"{result.experiment.title} — median over {n_seeds} seeds, band: quartiles", 120)
+    )
     fig.tight_layout()
     path = out / f"{result.experiment.name}.png"
     fig.savefig(path, dpi=90)
@@ -206,7 +215,7 @@ def plot_sensitivity(
         xscale="log",
         xlabel="learning rate (tuned hyperparameter)",
         ylabel=result.primary_metric,
-        title=f"{result.experiment.title}: LR sensitivity",
+        title=wrapped(f"{result.experiment.title}: LR sensitivity"),
     )
     if not result.maximize:
         axis.set_yscale("log")
@@ -287,7 +296,7 @@ def plot_diagnostics(
                 _draw(axis, _band(runs, key), label)
         axis.set(title=key, xlabel="step", yscale="log" if key in log_keys else "linear")
     axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.suptitle(f"{result.experiment.title}: what the learned-LR methods report")
+    fig.suptitle(wrapped(f"{result.experiment.title}: what the learned-LR methods report", 120))
     fig.tight_layout()
     path = out / f"{result.experiment.name}_diagnostics.png"
     fig.savefig(path, dpi=90)

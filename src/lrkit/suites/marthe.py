@@ -221,7 +221,7 @@ def trajectories_figure(result: ExperimentResult, out: Path) -> Path | None:
     import numpy as np
     import torch
 
-    from lrkit.harness.plots import pyplot, style
+    from lrkit.harness.plots import pyplot, style, wrapped
 
     plt = pyplot()
     runs = [r for r in result.runs if r["role"] == "selected" and r["evals"]]
@@ -253,7 +253,9 @@ def trajectories_figure(result: ExperimentResult, out: Path) -> Path | None:
         axis.plot(px, py, marker=".", markersize=3, label=label, **style(label))
     axis.legend(fontsize=7)
     axis.set(
-        title=f"{result.experiment.title}: trajectories (log10 contours)", xlabel="x", ylabel="y"
+        title=wrapped(f"{result.experiment.title}: trajectories (log10 contours)"),
+        xlabel="x",
+        ylabel="y",
     )
     fig.tight_layout()
     path = out / f"{result.experiment.name}_trajectories.png"
@@ -266,7 +268,7 @@ def schedules_figure(result: ExperimentResult, out: Path) -> Path | None:
     """Fig. 2 left: the learned schedules (median over seeds) over LRS-OPT's."""
     import numpy as np
 
-    from lrkit.harness.plots import pyplot, style
+    from lrkit.harness.plots import pyplot, style, wrapped
 
     plt = pyplot()
     if plt is None:
@@ -291,7 +293,7 @@ def schedules_figure(result: ExperimentResult, out: Path) -> Path | None:
             values = np.median([c[1][:length] for c in curves], axis=0)
             axis.plot(curves[0][0][:length], values, label=label, **style(label))
     axis.set(
-        title=f"{result.experiment.title}: learned schedules (median over seeds)",
+        title=wrapped(f"{result.experiment.title}: learned schedules (median over seeds)"),
         xlabel="step",
         ylabel="learning rate η",
     )
