@@ -5,6 +5,8 @@ independence of the results."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -332,3 +334,47 @@ def test_the_ray_backend_gives_the_same_results(tmp_path):
         ray_executor.close()
     assert _comparable(one) == _comparable(on_ray)
     assert on_ray["environment"]["backend"] == "ray"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; prctl is Linux")
+def test_workers_end_when_the_bench_process_is_killed(tmp_path):
+    """A bench killed with SIGKILL (or SIGTERM: no Ctrl-C handler runs) used to leave its
+    worker processes running runs on their own; they now end with it."""
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "out"
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "lrkit", "bench", "quick", "--smoke", "--workers", "2",
+         "--out", str(out), "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def children() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == bench.pid:
+                found.append(int(stat.parent.name))
+        return found
+
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while time.monotonic() < deadline and not list(out.glob("runs/*.json")):
+        workers = children() or workers
+        time.sleep(0.2)
+    workers = children() or workers
+    assert workers, "the bench started no worker processes"
+    bench.send_signal(signal.SIGKILL)
+    bench.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.2)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"workers {alive} outlived the bench"

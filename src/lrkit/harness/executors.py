@@ -12,9 +12,13 @@ records by its plan, not by completion, so results.json is the same for any work
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
+import ctypes.util
 import json
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +29,21 @@ from lrkit.harness.results import RunConfig, downsample
 from lrkit.harness.training import train
 
 BACKENDS = ("local", "ray")
+
+
+def end_with_parent(parent: int) -> None:
+    """In a worker: be sent SIGTERM when the bench process ends, however it ends (a bench
+    killed with SIGTERM or SIGKILL left its workers running their runs). Linux only
+    (prctl PR_SET_PDEATHSIG); elsewhere the workers end when they next read the pool."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent ended before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -80,7 +99,10 @@ class LocalExecutor:
             return records
         if self._pool is None:
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=end_with_parent,
+                initargs=(os.getpid(),),
             )
         futures = [
             self._pool.submit(run_and_save, config, path, self.threads, self.provenance)
