@@ -49,6 +49,9 @@ LossClosure = Callable[[], Any]
 _FOREACH_DEVICES = ("cpu", "cuda", "xpu")
 
 
+_FLOAT16_MAX = torch.finfo(torch.float16).max
+
+
 class _HypergradientDescent(torch.optim.Optimizer):
     """η, β, the step skeleton, diagnostics and state dict of HDSGD and HDAdam."""
 
@@ -152,11 +155,12 @@ class _HypergradientDescent(torch.optim.Optimizer):
             self._scalars["learning_rate"], hypergradient, self.defaults["hypergrad_lr"]
         )
         # η must also be a number in the parameters' dtype (a float32 step size past 3.4e38
-        # would overflow the update kernels)
-        largest = min(
+        # would overflow the update kernels); the dtypes are read only for an η past
+        # float16's range, so the usual step pays nothing for this check
+        too_large = rate > _FLOAT16_MAX and rate > min(
             (torch.finfo(p.dtype).max for _, params, _ in work for p in params), default=math.inf
         )
-        if not (finite and math.isfinite(hypergradient) and math.isfinite(rate)) or rate > largest:
+        if not (finite and math.isfinite(hypergradient) and math.isfinite(rate)) or too_large:
             value = torch.zeros(()) if loss is None else torch.as_tensor(loss).detach()
             raise_if_non_finite(
                 self._name,
