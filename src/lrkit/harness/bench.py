@@ -94,12 +94,20 @@ def _resolve(value: Any, artifacts: Mapping[str, dict[str, Any]]) -> Any:
 
 def _batch_size(experiment: Experiment) -> int | None:
     """The experiment's batch size, capped by ``batch_size_cap`` (full batch stays full)."""
-    if experiment.batch_size_cap is None:
-        return experiment.batch_size
-    size = experiment.batch_size
+    return _capped_batch_size(
+        experiment.task, experiment.task_options, experiment.batch_size, experiment.batch_size_cap
+    )
+
+
+def _capped_batch_size(
+    task: str, options: Mapping[str, Any], size: int | None, cap: int | None
+) -> int | None:
+    """``size`` (None: the task's), at most ``cap``; a full-batch task stays full batch."""
+    if cap is None:
+        return size
     if size is None:
-        size = get_task(experiment.task, **experiment.task_options).batch_size
-    return None if size is None else min(size, experiment.batch_size_cap)
+        size = get_task(task, **options).batch_size
+    return None if size is None else min(size, cap)
 
 
 def _config(request: RunRequest, device: str | None) -> dict[str, Any]:
@@ -289,6 +297,8 @@ def run_suite(
             check.task,
             list(check.methods),
             steps=check.steps,
+            warmup=check.warmup,
+            batch_size=_capped_batch_size(check.task, {}, None, check.batch_size_cap),
             memory=check.memory,
             repeats=check.repeats,
         ):

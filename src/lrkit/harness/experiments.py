@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 SMOKE_STEPS = 12
-SMOKE_EVAL_ROWS = 256
+SMOKE_EVAL_ROWS = 64
 SMOKE_BATCH_CAP = 32
 SCALES = ("cpu", "paper")
 
@@ -184,7 +184,8 @@ class Stage:
 class CostCheck:
     """A `lrkit cost` measurement the suite makes (methods interleaved with their bases on
     one task) and the largest step-time ratio to the base each method may have; ``source``
-    says where the target comes from."""
+    says where the target comes from; ``warmup`` steps are taken before the timing;
+    ``batch_size_cap`` caps the task's mini-batch (smoke runs)."""
 
     task: str
     methods: tuple[str, ...]
@@ -193,6 +194,8 @@ class CostCheck:
     memory: bool = True
     source: str = ""
     repeats: int = 3
+    warmup: int = 5
+    batch_size_cap: int | None = None
 
 
 @dataclass(frozen=True)
@@ -251,5 +254,10 @@ class Suite:
             item.smoke() if isinstance(item, Experiment) else replace(item, smoke=True)
             for item in self.plan
         )
-        costs = tuple(replace(cost, steps=3, memory=False, repeats=1) for cost in self.costs)
+        costs = tuple(
+            replace(
+                cost, steps=2, warmup=1, memory=False, repeats=1, batch_size_cap=SMOKE_BATCH_CAP
+            )
+            for cost in self.costs
+        )
         return replace(self, plan=plan, seeds=1, costs=costs)

@@ -241,12 +241,11 @@ def trajectories_figure(result: ExperimentResult, out: Path) -> Path | None:
     pad_x, pad_y = 0.2 * (max(xs) - min(xs)) + 0.5, 0.2 * (max(ys) - min(ys)) + 0.5
     grid_x = np.linspace(min(xs) - pad_x, max(xs) + pad_x, 200)
     grid_y = np.linspace(min(ys) - pad_y, max(ys) + pad_y, 200)
-    surface = np.zeros((200, 200))
+    # the objectives are elementwise in x and y: one call on the whole grid
+    mesh_x, mesh_y = np.meshgrid(grid_x, grid_y)
+    points = torch.tensor(np.stack([mesh_x, mesh_y]), dtype=model.position.dtype)
     with torch.no_grad():
-        for i, y in enumerate(grid_y):
-            for j, x in enumerate(grid_x):
-                model.position.copy_(torch.tensor([x, y], dtype=model.position.dtype))
-                surface[i, j] = float(model(torch.zeros(1, 1)))
+        surface = model.objective(points).numpy()
     fig, axis = plt.subplots(figsize=(7, 5.5))
     axis.contour(grid_x, grid_y, np.log10(surface + 1e-12), levels=30, cmap="Greys", linewidths=0.6)
     for label, (px, py) in paths.items():
