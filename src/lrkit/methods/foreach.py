@@ -68,17 +68,25 @@ def dots(xs: Sequence[Tensor], ys: Sequence[Tensor], *, nonnegative: bool) -> li
     return [flat_dot(x, y) for x, y in zip(xs, ys, strict=True)]
 
 
-def squared_norms(xs: Sequence[Tensor]) -> list[Tensor]:
-    """[|x_i|²] as 0-dim tensors of the scalar dtype: the norm in :func:`reduction_dtype`, the
-    square in float64 (|x| of a float32 tensor fits float32 long after |x|² does not)."""
-    out: list[Tensor] = [torch.zeros(())] * len(xs)
-    for bucket in device_dtype_buckets(xs):
+def squared_norms(xs: Sequence[Tensor]) -> Tensor:
+    """[|x_i|²] as one vector of the scalar dtype on ``xs[0]``'s device: the norms in
+    :func:`reduction_dtype`, one multi-tensor kernel per device and dtype, squared in float64
+    (|x| of a float32 tensor fits float32 long after |x|² does not)."""
+    if not xs:
+        return torch.zeros(0, dtype=torch.float64)
+    device = xs[0].device
+    dtype = scalar_dtype(device)
+    buckets = device_dtype_buckets(xs)
+    parts = []
+    for bucket in buckets:
         tensors = [xs[i] for i in bucket]
         norms = torch._foreach_norm(tensors, 2, dtype=reduction_dtype(tensors[0].dtype))
-        dtype = scalar_dtype(tensors[0].device)
-        for index, norm in zip(bucket, norms, strict=True):
-            out[index] = norm.to(dtype).square()
-    return out
+        parts.append(torch.stack(norms).to(device=device, dtype=dtype))
+    norms = parts[0] if len(parts) == 1 else torch.cat(parts)
+    if len(buckets) > 1:  # back to the order of ``xs``
+        order = [i for bucket in buckets for i in bucket]
+        norms = norms[torch.tensor(order, device=device).argsort()]
+    return norms.square()
 
 
 def weighted_sum(
@@ -91,6 +99,8 @@ def weighted_sum(
         return torch.zeros((), dtype=dtype, device=device)
     if isinstance(values, Tensor):
         stacked = values.to(device=device, dtype=dtype)
+    elif len({(v.device, v.dtype) for v in values}) == 1:
+        stacked = torch.stack(list(values)).to(device=device, dtype=dtype)
     else:
         stacked = torch.stack([v.to(device=device, dtype=dtype) for v in values])
     if len(set(weights)) == 1:

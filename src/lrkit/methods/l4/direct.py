@@ -83,7 +83,7 @@ class _L4Direct(L4Rule):
         grads_by_group, l2_terms, device = [], [], l4_loss.device
         for group, params, grads in zip(self.param_groups, batch.params, batch.grads, strict=True):
             if params and group["weight_decay"] != 0.0:  # L + (wd/2)·|w|², g + wd·w
-                l2_terms += [0.5 * group["weight_decay"] * n for n in squared_norms(params)]
+                l2_terms.append(0.5 * group["weight_decay"] * squared_norms(params).sum())
                 grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
             grads_by_group.append(grads)
         if l2_terms:
