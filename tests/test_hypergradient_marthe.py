@@ -462,3 +462,39 @@ def test_eta_mu_beta_and_the_hypergradient_are_logged_every_step_and_plotted(tmp
     result = ExperimentResult(experiment, "test_accuracy", True, runs=[record], rows=[])
     path = plot_diagnostics(result, tmp_path)
     assert path is not None and path.stat().st_size > 0
+
+
+def test_sensitivity_claim_is_undecided_only_when_both_grids_reach_divergence() -> None:
+    """MARTHE's "less sensitive" claim compares spreads over grids: a grid point that failed
+    makes a spread infinite; infinite against infinite is undecided, infinite against a finite
+    spread did not hold, and a smaller finite spread held."""
+    from lrkit.harness.experiments import Contender, Experiment
+    from lrkit.harness.results import ExperimentResult
+    from lrkit.suites.marthe import less_sensitive
+
+    def runs(label: str, losses: list[float | None]) -> list[dict]:
+        return [
+            {
+                "label": label,
+                "config": {"hparams": {"knob": 10.0**-i}},
+                "final": {"train_loss": 1.0 if loss is None else loss},
+                "diverged": loss is None,
+            }
+            for i, loss in enumerate(losses)
+        ]
+
+    def verdict(ours: list[float | None], theirs: list[float | None]):
+        experiment = Experiment(
+            name="toy", title="toy", task="beale", contenders=(Contender("marthe"),)
+        )
+        result = ExperimentResult(
+            experiment, "train_loss", False, runs=runs("marthe", ours) + runs("hd", theirs), rows=[]
+        )
+        claim = less_sensitive("c", "marthe", ("hd",), "text", "train_loss", log=True)
+        return claim.check(result)
+
+    assert verdict([1e-3, 1e-2, None], [1e-3, 1e-1, None]).held is None
+    found = verdict([1e-3, None], [1e-3, 1e-1])
+    assert found.held is False and "1/2 points failed" in found.measured
+    assert verdict([1e-3, 1e-2], [1e-3, 1e-1, None]).held is True
+    assert verdict([1e-3, 1e-1], [1e-3, 1e-2]).held is False

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lrkit.harness.claims import Verdict, at_least_as_good
 from lrkit.harness.experiments import (
@@ -73,9 +73,26 @@ SCALES: dict[str, dict[str, Any]] = {
 # ------------------------------------------------------------------------ claims
 
 
-def _grid_spread(result: ExperimentResult, label: str, metric: str, log: bool) -> float:
-    """max − min over a report_grid contender's points of the median metric (log10 when
-    ``log``); a point whose runs all failed counts as the worst value seen."""
+class GridSpread(NamedTuple):
+    """max − min of a contender's per-point medians over its grid points that did not fail
+    (log10 when asked), and how many of its points failed on every seed."""
+
+    spread: float
+    failed: int
+    points: int
+
+    @property
+    def value(self) -> float:
+        """The spread, infinite when a point failed (a failure is the worst value of all)."""
+        return math.inf if self.failed else self.spread
+
+    def describe(self, unit: str) -> str:
+        failed = f", {self.failed}/{self.points} points failed" if self.failed else ""
+        return f"{self.value:.3g}{unit}{failed}"
+
+
+def _grid_spread(result: ExperimentResult, label: str, metric: str, log: bool) -> GridSpread:
+    """The spread of a report_grid contender's median metric over its grid points."""
     by_point: dict[str, list[float]] = {}
     for run in result.runs:
         if run["label"] == label:
@@ -83,13 +100,10 @@ def _grid_spread(result: ExperimentResult, label: str, metric: str, log: bool) -
             by_point.setdefault(key, [])
             by_point[key] += metric_values([run], metric)
     medians = [statistics.median(v) for v in by_point.values() if v]
-    if not medians:
-        return math.inf
     if log:
         medians = [math.log10(max(v, 1e-300)) for v in medians]
-    if len(medians) < len(by_point):
-        return math.inf
-    return max(medians) - min(medians)
+    spread = max(medians) - min(medians) if medians else math.nan
+    return GridSpread(spread, len(by_point) - len(medians), len(by_point))
 
 
 def less_sensitive(
@@ -97,16 +111,24 @@ def less_sensitive(
 ) -> Claim:
     """Held when the spread of ``method``'s metric over its whole grid (max − min of the
     per-point medians, log10 when ``log``; a grid point that failed on every seed makes the
-    spread infinite) is smaller than every other contender's spread over its grid."""
+    spread infinite) is smaller than every other contender's spread over its grid. Not held
+    when it is not smaller than one of them; otherwise undecided when it is infinite and so is
+    another's (two grids that both reach divergence cannot be ranked by their spread)."""
 
     def check(result: ExperimentResult) -> Verdict:
         ours = _grid_spread(result, method, metric, log)
         theirs = {other: _grid_spread(result, other, metric, log) for other in others}
         unit = " decades" if log else ""
-        parts = [f"{method}: {ours:.3g}{unit}"] + [
-            f"{other}: {spread:.3g}{unit}" for other, spread in theirs.items()
+        parts = [f"{method}: {ours.describe(unit)}"] + [
+            f"{other}: {spread.describe(unit)}" for other, spread in theirs.items()
         ]
-        held = all(ours < spread for spread in theirs.values())
+        if ours.points == 0 or any(spread.points == 0 for spread in theirs.values()):
+            raise KeyError("a contender has no grid points")
+        outcomes = [
+            None if math.isinf(ours.value) and math.isinf(s.value) else ours.value < s.value
+            for s in theirs.values()
+        ]
+        held = False if False in outcomes else None if None in outcomes else True
         return Verdict(held, f"spread of {metric} over each grid — " + ", ".join(parts))
 
     return Claim(name, text, check)
