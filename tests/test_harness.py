@@ -327,6 +327,39 @@ def test_select_keeps_only_the_stages_a_kept_experiment_uses():
     ]
 
 
+def test_select_keeps_the_claims_across_experiments_whose_experiments_it_keeps():
+    """A --tasks run keeps a claim across experiments (the batch-size trend, the dropout
+    comparison) when it keeps every experiment the claim reads, and records its filters."""
+    suite = get_suite("l4")
+    sweep = [f"mlp_batch{b}" for b in (8, 16, 32, 64)]
+    kept = select(suite, tasks=sweep)
+    assert {claim.name for claim in kept.claims} == {
+        "l4adam_batch_trend_mlp",
+        "l4mom_batch_trend_mlp",
+    }
+    assert kept.selection == {"tasks": sweep, "methods": []}
+    assert select(suite, tasks=sweep[:3]).claims == ()
+    assert all(claim.experiments for claim in suite.claims)
+
+
+def test_report_of_a_selected_run_rebuilds_the_same_experiments_and_claims(tmp_path):
+    """`lrkit report` applies the run's --tasks again: the rebuilt report has the run's
+    experiments and verdicts only, not the rest of the suite as unchecked claims."""
+    args = ["bench", "quick", "--smoke", "--tasks", "beale", "--out", str(tmp_path)]
+    assert main([*args, "--no-progress", "--workers", "1"]) == 0
+    first = (tmp_path / "report.md").read_text()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["selection"] == {"tasks": ["beale"], "methods": []}
+    assert main(["report", str(tmp_path)]) == 0
+    rebuilt = json.loads((tmp_path / "results.json").read_text())
+    assert [c["name"] for c in rebuilt["claims"]] == [c["name"] for c in results["claims"]]
+    assert (tmp_path / "report.md").read_text().count("\n## ") == first.count("\n## ")
+    del results["selection"]  # a results.json written before the filters were recorded
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert main(["report", str(tmp_path)]) == 0
+    assert "could not be checked" not in (tmp_path / "report.md").read_text()
+
+
 def test_cost_table_reads_every_number_from_the_rows(tmp_path):
     """scripts/cost_table.py writes its README from the JSON rows: a ratio above its target
     is marked as not met, one below as met."""

@@ -119,6 +119,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from lrkit.harness.bench import finalize
+    from lrkit.harness.plan import select, selection_in_command
+    from lrkit.harness.provenance import code_state
     from lrkit.harness.report import write_report
     from lrkit.suites import get_suite
 
@@ -130,7 +132,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     suite = get_suite(results["suite"], results.get("scale", "cpu"))
     if results.get("smoke"):
         suite = suite.smoke()
+    selection = results.get("selection") or selection_in_command(results.get("command", ""))
+    if selection:  # the run's --tasks/--methods: the same experiments and claims
+        suite = select(suite, tasks=selection["tasks"], methods=selection["methods"])
     finalize(results, suite)
+    results["report_rebuilt"] = code_state()
     results_file.write_text(json.dumps(results, separators=(",", ":")))
     report = write_report(results, out, suite)
     _note_missing_plots()

@@ -311,6 +311,7 @@ def run_suite(
         "scale": suite.scale,
         "smoke": smoke,
         "command": command or " ".join(["lrkit", *sys.argv[1:]]),
+        "selection": suite.selection,
         "provenance": code_state(),
         "environment": environment(threads, executor.workers, backend),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),

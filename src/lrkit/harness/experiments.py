@@ -71,11 +71,14 @@ class Claim:
             :class:`lrkit.harness.results.ExperimentResult`; for a claim of the suite,
             ``check(results)`` with a mapping experiment name → result. Returns a
             :class:`lrkit.harness.claims.Verdict`.
+        experiments: for a claim of the suite, the experiments it reads (a run restricted
+            with ``--tasks`` keeps the claim when it keeps all of them).
     """
 
     name: str
     text: str
     check: Callable[[Any], Any]
+    experiments: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,9 @@ class Suite:
             epochs).
         claims: claims that read several experiments (a trend across batch sizes, one
             setting against another).
+        selection: the ``--tasks``/``--methods`` filters this suite was restricted with
+            (:func:`lrkit.harness.plan.select`), recorded in results.json so that
+            ``lrkit report`` rebuilds the same report.
     """
 
     name: str
@@ -223,6 +229,7 @@ class Suite:
     costs: tuple[CostCheck, ...] = ()
     scale: str = "cpu"
     claims: tuple[Claim, ...] = ()
+    selection: dict[str, list[str]] | None = None
 
     def __post_init__(self) -> None:
         names = [item.name for item in self.plan]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -35,8 +36,9 @@ def select(
 ) -> Suite:
     """The suite restricted to the given tasks and methods (by task name / method name or
     contender label). Stages stay when everything they read stays and a kept experiment or
-    stage uses their artifact; claims across
-    experiments go; cost checks stay for the kept tasks and methods."""
+    stage uses their artifact; claims across experiments stay when every experiment they read
+    stays; cost checks stay for the kept tasks and methods. The filters are recorded in
+    ``selection``."""
     plan: list[Experiment | Stage] = []
     kept: set[str] = set()
     for item in suite.plan:
@@ -62,7 +64,14 @@ def select(
         if not tasks or check.task in tasks
     )
     costs = tuple(check for check in costs if check.methods)
-    return replace(suite, plan=tuple(plan), claims=(), costs=costs)
+    names = {item.name for item in plan}
+    claims = tuple(
+        claim
+        for claim in suite.claims
+        if claim.experiments and all(name in names for name in claim.experiments)
+    )
+    selection = {"tasks": list(tasks or []), "methods": list(methods or [])}
+    return replace(suite, plan=tuple(plan), claims=claims, costs=costs, selection=selection)
 
 
 def check_available(suite: Suite) -> None:
@@ -101,3 +110,21 @@ def _without_unused_stages(plan: list[Experiment | Stage]) -> list[Experiment | 
                 used.update(_artifact_names(contender.hparams))
         kept.append(item)
     return kept[::-1]
+
+
+def selection_in_command(command: str) -> dict[str, list[str]] | None:
+    """The --tasks/--methods filters of a bench command line (a results.json written before
+    the filters were recorded on their own), or None."""
+    words = shlex.split(command)
+    found: dict[str, list[str]] = {"tasks": [], "methods": []}
+    for index, word in enumerate(words):
+        for key in found:
+            flag = f"--{key}"
+            value = None
+            if word == flag and index + 1 < len(words):
+                value = words[index + 1]
+            elif word.startswith(flag + "="):
+                value = word.split("=", 1)[1]
+            if value is not None:
+                found[key] = [item for item in value.split(",") if item]
+    return found if found["tasks"] or found["methods"] else None

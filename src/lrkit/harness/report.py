@@ -189,6 +189,13 @@ def _header(results: dict[str, Any], suite: Suite) -> list[str]:
         + f"; summed training time {results.get('train_time_s', 0) / 60:.1f} min; "
         f"{len(results['runs'])} runs; reported seeds per configuration: {results['seeds']}",
     ]
+    rebuilt = results.get("report_rebuilt")
+    if rebuilt and rebuilt.get("code_state") != provenance.get("code_state"):
+        lines.append(
+            f"- Report rebuilt from results.json by `lrkit report` at commit "
+            f"{rebuilt.get('code_state')}: the summaries and verdicts come from that code, the "
+            "runs from the commit above."
+        )
     if results.get("mixed_runs"):
         lines.append(
             f"- **Mixed code states:** {results['mixed_runs']} resumed runs were recorded by "

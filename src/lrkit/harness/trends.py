@@ -90,7 +90,7 @@ def advantage_grows_along(
             metric,
         )
 
-    return Claim(name, text, check)
+    return Claim(name, text, check, experiments=tuple(experiment for experiment, _ in experiments))
 
 
 def setting_helps(
@@ -121,4 +121,4 @@ def setting_helps(
         held = None if comparison.outcome == "undecided" else comparison.outcome == "better"
         return Verdict(held, measured, comparison, method, None, used)
 
-    return Claim(name, text, check)
+    return Claim(name, text, check, experiments=(helped, reference))
