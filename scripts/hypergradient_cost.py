@@ -113,8 +113,8 @@ def write_readme(out: Path, meta: dict) -> Path:
         "no number below was typed by hand.",
         "",
         f"Machine: {meta.get('machine', '?')}; torch {meta.get('torch', '?')}, one intra-op "
-        "thread; the 2 cores were shared with other jobs, so absolute milliseconds vary "
-        "between runs — the ratios come from interleaved steps on the same batches.",
+        f"thread; commit {meta.get('commit', 'not recorded')}. Absolute milliseconds depend on "
+        "the machine and its load; the ratios come from interleaved steps on the same batches.",
         "",
         "Commands:",
         "",
@@ -208,6 +208,9 @@ def main() -> None:
         meta["machine"] = f"{platform.processor() or platform.machine()}, Python "
         meta["machine"] += platform.python_version()
         meta["torch"] = torch.__version__
+        meta["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
         if not args.skip_cost:
             done = {run["command"].split("--task ")[1].split()[0]: run for run in meta["runs"]}
             done.update({task: run_cost(task, steps, args.out) for task, steps in tasks.items()})
