@@ -7,6 +7,8 @@ Each configuration runs ``lrkit bench SUITE --out <fresh temporary folder> --wor
 Usage (from the repository root):
     python scripts/wall_time.py quick --configs 1x2,2x1 --busy 2x1 \\
         --out benchmarks/results/quick/wall_time
+    python scripts/wall_time.py --configs 1x2,2x1 --out benchmarks/results/l4/wall_time \\
+        l4 -- --tasks recht_linspace_192,mlp_batch64     # a subset: bench arguments after --
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ def table(rows: list[dict], suite: str, commit: str) -> str:
         "",
         "Written by `scripts/wall_time.py` from wall_time.json; no number was typed by hand.",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores; commit {commit}. Each row ran "
-        "the whole suite from scratch in a fresh folder; 'busy core' rows ran beside a process "
-        "that kept one core busy.",
+        "the suite from scratch in a fresh folder — only the experiments named by `--tasks` "
+        "where its command has one; 'busy core' rows ran beside a process that kept one core "
+        "busy.",
         "",
         "| workers × threads | another process on one core | wall time (min) | command |",
         "|---|---|---|---|",
