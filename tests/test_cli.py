@@ -184,6 +184,8 @@ def test_ctrl_c_on_bench_says_how_to_resume(tmp_path: Path) -> None:
         "recht_regression",
         "--methods",
         "momentum",
+        "--seeds",
+        "40",  # work left long after the first run file, however loaded the machine
         "--no-progress",
     ]
     process = subprocess.Popen(**lrkit_process(*argv, "--out", str(out)))
@@ -191,6 +193,7 @@ def test_ctrl_c_on_bench_says_how_to_resume(tmp_path: Path) -> None:
     while not list((out / "runs").glob("*.json")):  # interrupt once a run is finished
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.05)
+    assert process.poll() is None, process.communicate()
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
