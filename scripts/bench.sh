@@ -9,11 +9,17 @@ cd "$repo"
 scripts/setup.sh
 out="runs/quick-$(date +%Y%m%d-%H%M%S)"
 args=("$@")
+out_given=0
 for ((i = 0; i < ${#args[@]}; i++)); do
   case "${args[i]}" in
-    --out) out="${args[i + 1]:-}" ;;
-    --out=*) out="${args[i]#--out=}" ;;
+    --out) out="${args[i + 1]:-}"; out_given=1 ;;
+    --out=*) out="${args[i]#--out=}"; out_given=1 ;;
   esac
 done
 echo "scripts/bench.sh: writing to $out/ (interrupted? scripts/bench.sh --out $out resumes)"
-.venv/bin/lrkit bench quick --out "$out" "$@"
+# --out once only, so that results.json records the command as it was meant
+if ((out_given)); then
+  .venv/bin/lrkit bench quick "$@"
+else
+  .venv/bin/lrkit bench quick --out "$out" "$@"
+fi

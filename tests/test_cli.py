@@ -214,3 +214,42 @@ def test_cost_says_how_it_measures_and_shows_progress(capsys: pytest.CaptureFixt
     assert "single worker" in header and "with 1 torch thread " in header
     assert "timing 2 methods on digits_mlp" in captured.err  # the tqdm bars
     assert "peak memory, one process per method" in captured.err
+
+
+# ---------------------------------------------------------------- scripts/bench.sh
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected_out"),
+    [([], None), (["--out", "D"], "D"), (["--out=D"], "D")],
+)
+def test_bench_script_passes_out_once(
+    tmp_path: Path, extra: list[str], expected_out: str | None
+) -> None:
+    """scripts/bench.sh hands lrkit exactly one output folder: its own fresh runs/quick-…
+    folder, or the user's --out (passed twice, results.json recorded the command wrong)."""
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "scripts").mkdir()
+    script = tmp_path / "scripts" / "bench.sh"
+    script.write_text((repo / "scripts" / "bench.sh").read_text())
+    (tmp_path / "scripts" / "setup.sh").write_text("#!/usr/bin/env bash\n")  # no install here
+    fake_lrkit = tmp_path / ".venv" / "bin" / "lrkit"
+    fake_lrkit.parent.mkdir(parents=True)
+    fake_lrkit.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    for path in (script, tmp_path / "scripts" / "setup.sh", fake_lrkit):
+        path.chmod(0o755)
+    completed = subprocess.run(
+        ["bash", str(script), *extra, "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    argv = completed.stdout.splitlines()[1:]  # after the "writing to" line
+    out_flags = [arg for arg in argv if arg == "--out" or arg.startswith("--out=")]
+    assert argv[0] == "bench" and argv[1] == "quick" and len(out_flags) == 1, argv
+    if expected_out is None:
+        assert argv[argv.index("--out") + 1].startswith("runs/quick-")
+    else:
+        assert expected_out in (argv[argv.index("--out") + 1] if "--out" in argv else out_flags[0])
+    assert argv[-1] == "--no-progress"
