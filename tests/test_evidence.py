@@ -170,6 +170,26 @@ def test_a_trend_across_experiments() -> None:
     assert claim.check(flat).held is False
 
 
+def test_a_trend_applies_the_failure_rule_at_each_end() -> None:
+    """Failing on more seeds than the baseline at one end only is the worst effect there,
+    as in a single comparison: diverging at the small batch means the advantage did not grow
+    towards it; failing at both ends leaves it to the seed rule (3 seeds left: undecided)."""
+
+    def experiment(ours_failed: int) -> ExperimentResult:
+        base = [0.80, 0.81, 0.79, 0.80, 0.81]
+        ours = _seeds("ours", [b + 0.1 for b in base[ours_failed:]])
+        failed = [_run("ours", 10 + s, None, diverged=True) for s in range(ours_failed)]
+        return _result(ours + failed + _seeds("base", base))
+
+    claim = advantage_grows_along("t", "text", "ours", "base", (("small", 8), ("large", 64)))
+    fails_small = claim.check({"small": experiment(2), "large": experiment(0)})
+    assert fails_small.held is False and fails_small.comparison.outcome == "worse"
+    assert "small" in fails_small.comparison.reason and "fails more" in fails_small.measured
+    fails_large = claim.check({"small": experiment(0), "large": experiment(2)})
+    assert fails_large.held is True and fails_large.comparison.outcome == "better"
+    assert claim.check({"small": experiment(2), "large": experiment(2)}).held is None
+
+
 # ------------------------------------------------------------------- tuning protocol
 
 

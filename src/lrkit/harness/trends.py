@@ -47,23 +47,44 @@ def advantage_grows_along(
     """A trend across experiments ordered by x (batch sizes, problem sizes): held when the
     method's effect over its baseline is larger, beyond noise, at the end ``towards`` points
     to ("smaller" or "larger" x) than at the other end (difference of the two effects, 95 %
-    interval with the smaller sample's degrees of freedom). The effects at every x are
-    reported."""
+    interval with the smaller sample's degrees of freedom). A method that fails (diverges or
+    stays at chance) on more seeds than its baseline at one end only has its worst effect
+    there, as in a single comparison: failing at the ``towards`` end is "worse", at the
+    other end "better". The effects at every x are reported."""
     if towards not in ("smaller", "larger"):
         raise ValueError(f"towards must be 'smaller' or 'larger', got {towards!r}")
 
     def check(results: Mapping[str, ExperimentResult]) -> Verdict:
         ordered = sorted(experiments, key=lambda item: item[1], reverse=towards == "larger")
-        effects = []
+        effects, fails_more = [], []
         for experiment, x in ordered:
             result = results[experiment]
             used = metric or result.primary_metric
             found = _effect_and_variance(result, method, baseline, used, log_scale)
             effects.append((x, found))
+            fails_more.append(result.failures(method) > result.failures(baseline))
         text_effects = ", ".join(
-            f"{x:g}: " + ("—" if found is None else f"{found[0]:+.4g}") for x, found in effects
+            f"{x:g}: " + ("fails more" if failing else "—" if found is None else f"{found[0]:+.4g}")
+            for (x, found), failing in zip(effects, fails_more, strict=True)
         )
         measured = f"effect of {method} over {baseline} by x: {text_effects}"
+        if fails_more[0] != fails_more[-1]:
+            # the failure rule of a single comparison, applied at both ends: failing on more
+            # seeds than the baseline at one end only is the worst effect there
+            grew = fails_more[-1]
+            failing = results[ordered[-1 if grew else 0][0]]
+            comparison = Comparison(
+                "better" if grew else "worse",
+                None,
+                None,
+                None,
+                len(failing.selected_runs(method)) - failing.failures(method),
+                len(failing.selected_runs(baseline)) - failing.failures(baseline),
+                "log10" if log_scale else "linear",
+                f"{method} fails on more seeds than {baseline} at the "
+                + (f"other end of x only, not at the {towards}" if grew else f"{towards} end only"),
+            )
+            return Verdict(grew, f"{measured}; {comparison.reason}", comparison, method, baseline)
         first, last = effects[0][1], effects[-1][1]
         if first is None or last is None or min(first[2], last[2]) < MIN_SEEDS:
             return Verdict(None, measured + f" (fewer than {MIN_SEEDS} seeds at an end)")
