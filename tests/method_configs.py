@@ -50,6 +50,8 @@ SECOND_GROUP: dict[str, dict[str, Any]] = {
     "prodigy": {"weight_decay": 1e-2},
     "dadapt_adam": {"weight_decay": 1e-2},
     "l4_adam_wrapper": {"weight_decay": 1e-2},
+    # fused=True reads Adam's exp_avg as ĝ: coupled weight decay is refused, betas[1] may vary
+    "l4_adam_wrapper_fused": {"betas": (0.9, 0.99)},
     # one global η: the groups share lr (η0) and may differ in everything else
     "hd_sgd": {"weight_decay": 1e-2},
     "hd_adam": {"weight_decay": 1e-2},

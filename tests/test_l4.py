@@ -8,6 +8,7 @@ import copy
 import inspect
 import math
 import re
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -743,13 +744,15 @@ def test_registered_with_the_constructor_defaults(name, cls, base):
     assert isinstance(optimizer, cls)
 
 
-def test_docs_example_runs():
+def test_docs_examples_run():
+    """Every python block of docs/l4.md (the example and the fused=True snippet) runs."""
     text = DOCS.read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks, "docs/l4.md must contain a runnable python example"
-    namespace: dict = {}
-    exec(compile(blocks[0], str(DOCS), "exec"), namespace)
-    assert math.isfinite(namespace["optimizer"].diagnostics()["effective_lr"])
+    assert len(blocks) >= 2, "docs/l4.md must contain its runnable python examples"
+    for block in blocks:
+        namespace: dict = {}
+        exec(compile(textwrap.dedent(block), str(DOCS), "exec"), namespace)
+        assert math.isfinite(namespace["optimizer"].diagnostics()["effective_lr"])
 
 
 # ----------------------------------------------- refusals that change nothing (issue 7)

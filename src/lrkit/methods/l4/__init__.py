@@ -126,3 +126,20 @@ register_method(
         paper=PAPER,
     )
 )
+register_method(
+    MethodSpec(
+        name="l4_adam_wrapper_fused",
+        summary=(
+            "L4(torch.optim.Adam(eps=1e-4), fused=True): the same update as l4_adam_wrapper, "
+            "Adam's moments and L4's step in two torch.compile kernels (the first step compiles)"
+        ),
+        kind="lrkit",
+        make_optimizer=lambda params, **hparams: L4(
+            torch.optim.Adam(params, eps=1e-4), fused=True, **hparams
+        ),
+        defaults={**L4_DEFAULTS, "grad_beta": 0.9},
+        tunable=("alpha",),
+        base="adam",
+        paper=PAPER,
+    )
+)

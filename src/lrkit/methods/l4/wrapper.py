@@ -18,6 +18,7 @@ from lrkit.methods.guards import (
     check_loss_and_gradients,
     gradients_by_group,
 )
+from lrkit.methods.l4.fused import FusedAdamDirection, check_fused_group
 from lrkit.methods.l4.rule import EMA_BETA, L4_RULES, L4Rule, LossClosure
 from lrkit.methods.loading import check_indexed, check_optimizer_state, without
 from lrkit.methods.probe import (
@@ -65,6 +66,9 @@ class L4(WrapsOptimizer, L4Rule):
             betas[0] equals it, L4 reads the base's exp_avg instead of keeping its own.
         max_growth: optional cap c on η's growth per step; None keeps the paper's rule.
         all_reduce_loss: under torch.distributed, average the loss over ranks before use.
+        fused: for a torch.optim.Adam or AdamW base, do the base's update in two kernels
+            compiled with torch.compile instead of probing ``base.step()`` (same update and
+            state; see :mod:`lrkit.methods.l4.fused`: the first step compiles).
     """
 
     _direction_kind = "wrapper"
@@ -81,6 +85,7 @@ class L4(WrapsOptimizer, L4Rule):
         *,
         max_growth: float | None = None,
         all_reduce_loss: bool = True,
+        fused: bool = False,
     ) -> None:
         if isinstance(base_optimizer, L4Rule):
             raise ValueError(
@@ -98,13 +103,22 @@ class L4(WrapsOptimizer, L4Rule):
             max_growth=max_growth,
         )
         check_hyperparameters(hparams, WRAPPER_RULES, where="L4")
+        if not isinstance(fused, bool):
+            raise TypeError(f"L4: fused must be True or False, got {fused!r}")
+        if fused:
+            for index, group in enumerate(base_optimizer.param_groups):
+                check_fused_group(base_optimizer, group, index, grad_beta)
+        self._fused: FusedAdamDirection | None = None
         super().__init__(base_parameters(base_optimizer), {}, all_reduce_loss)
         self._adopt(base_optimizer)
         self.l4_hparams: dict[str, Any] = hparams
         self._probe = DirectionProbe(base_optimizer)
+        self._fused = FusedAdamDirection(base_optimizer) if fused else None
 
     def _check_added_group(self, group: dict[str, Any], index: int) -> None:
         check_base_group(self.base_optimizer, group, index, who="L4")
+        if self._fused is not None:
+            check_fused_group(self.base_optimizer, group, index, self.l4_hparams["grad_beta"])
 
     def _hparams(self) -> dict[str, Any]:
         """L4's hyperparameters and the base's groups, checked (they may have been changed
@@ -112,6 +126,9 @@ class L4(WrapsOptimizer, L4Rule):
         check_hyperparameters(self.l4_hparams, WRAPPER_RULES, where="L4 l4_hparams:")
         for index, group in enumerate(self.param_groups):
             check_base_group(self.base_optimizer, group, index, who="L4")
+            if self._fused is not None:
+                grad_beta = self.l4_hparams["grad_beta"]
+                check_fused_group(self.base_optimizer, group, index, grad_beta)
         return dict(self.l4_hparams)
 
     def _alphas(self) -> list[float]:
@@ -131,9 +148,12 @@ class L4(WrapsOptimizer, L4Rule):
             describe=batch.describe(self.param_groups),
             nonnegative=True,
         )
+        device = l4_loss.device
+        if self._fused is not None:
+            self._fused_step(l4_loss, batch, hparams, device)
+            return returned
         self._probe.run()
         params, estimates, weights = self._gradient_estimates(batch, largest, hparams["grad_beta"])
-        device = l4_loss.device
         grad_dot_direction = weighted_sum(self._probe.dots(estimates, params), weights, device)
         l_min_used, per_alpha, usable = self._step_size(l4_loss, grad_dot_direction, hparams)
         finite, take = torch.stack([torch.isfinite(grad_dot_direction), usable]).tolist()
@@ -145,6 +165,22 @@ class L4(WrapsOptimizer, L4Rule):
         self._probe.finish(per_alpha * hparams["alpha"] if take else None)
         self._record(l4_loss, l_min_used, per_alpha, usable, grad_dot_direction, hparams)
         return returned
+
+    def _fused_step(
+        self, l4_loss: Tensor, batch: GradientBatch, hparams: dict[str, Any], device: Any
+    ) -> None:
+        """The step of ``fused=True``: the base's moments, ĝ·v and w ← w − η·v in compiled
+        kernels; ĝ = the base's m/(1 − β^t), t L4's own step count (as the probe path)."""
+        params, products = self._fused.dots(batch.params, batch.grads)
+        for param in params:
+            self.state[param].pop("grad_avg", None)  # ĝ is the base's m from now on
+        beta = hparams["grad_beta"]
+        weights = [1.0 / (1.0 - beta**t) for t in lazy_state(self.state, params, ())]
+        grad_dot_direction = weighted_sum(products, weights, device)
+        l_min_used, per_alpha, usable = self._step_size(l4_loss, grad_dot_direction, hparams)
+        finite, take = torch.stack([torch.isfinite(grad_dot_direction), usable]).tolist()
+        self._fused.finish(per_alpha * hparams["alpha"] if finite and take else None)
+        self._record(l4_loss, l_min_used, per_alpha, usable, grad_dot_direction, hparams)
 
     def _gradient_estimates(
         self, batch: GradientBatch, largest: float, beta: float

@@ -1,0 +1,122 @@
+"""``L4(base, fused=True)``: L4 over torch's Adam/AdamW with the base's update done in
+torch.compile kernels. It must be the same method as the probe path — the float64 reference
+of the wrapper, the probe path itself, interchangeable state dicts — and refuse what it
+cannot run before anything changes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lrkit.methods.l4 import L4
+from lrkit.methods.l4 import fused as fused_module
+from test_l4 import (
+    _assert_same,
+    _closure,
+    _snapshot,
+    adamw_direction,
+    assert_close_lists,
+    make_problem,
+    reference_wrapper_run,
+    run_fast,
+)
+
+
+def _adamw(weight_decay: float):
+    return lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=weight_decay, eps=1e-4)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_fused_matches_the_float64_reference(weight_decay):
+    base = _adamw(weight_decay)
+    params, etas = run_fast(lambda p: L4(base(p), fused=True), 100)
+    expected = reference_wrapper_run(100, adamw_direction(weight_decay, 1e-4))
+    assert max(etas) > 3 * min(etas) > 0  # η adapts
+    assert_close_lists(params, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_fused_takes_the_steps_of_the_probe_path_in_float32():
+    base = _adamw(0.1)
+    fused, fused_etas = run_fast(lambda p: L4(base(p), fused=True), 60, dtype=torch.float32)
+    probed, probed_etas = run_fast(lambda p: L4(base(p)), 60, dtype=torch.float32)
+    assert fused_etas == pytest.approx(probed_etas, rel=1e-4)
+    assert_close_lists(fused, probed, rtol=1e-4, atol=1e-6)
+
+
+def _train(optimizer, params, loss_fn, steps):
+    for step in steps:
+        optimizer.step(_closure(optimizer, params, loss_fn, step))
+
+
+def test_fused_and_probe_state_dicts_are_interchangeable():
+    """A fused run saved after 5 steps and resumed by the probe path (and the reverse) goes
+    on as an uninterrupted run of the other path."""
+    init, loss_fn = make_problem()
+    finals = {}
+    for first, second in ((True, False), (False, True), (True, True)):
+        params = [torch.nn.Parameter(p.clone()) for p in init]
+        optimizer = L4(torch.optim.Adam(params, eps=1e-4), fused=first)
+        _train(optimizer, params, loss_fn, range(1, 6))
+        saved = optimizer.state_dict()
+        resumed = L4(torch.optim.Adam(params, eps=1e-4), fused=second)
+        resumed.load_state_dict(saved)
+        _train(resumed, params, loss_fn, range(6, 11))
+        finals[(first, second)] = [p.detach().clone() for p in params]
+    reference = reference_wrapper_run(10, adamw_direction(0.0, 1e-4))
+    for final in finals.values():
+        assert_close_lists(final, reference, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("make_base", "message"),
+    [
+        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), "not one of them"),
+        (lambda p: torch.optim.Adam(p, weight_decay=0.1), "decoupled_weight_decay"),
+        (lambda p: torch.optim.Adam(p, amsgrad=True), "amsgrad=True"),
+        (lambda p: torch.optim.Adam(p, betas=(0.8, 0.999)), "betas[0] = grad_beta"),
+    ],
+)
+def test_fused_refuses_bases_it_cannot_run(make_base, message):
+    params = [torch.nn.Parameter(torch.ones(3))]
+    with pytest.raises(ValueError, match="use fused=False") as error:
+        L4(make_base(params), fused=True)
+    assert message in str(error.value)
+    L4(make_base(params))  # the probe path takes them
+
+
+def test_fused_must_be_a_bool():
+    with pytest.raises(TypeError, match="fused must be True or False"):
+        L4(torch.optim.Adam([torch.nn.Parameter(torch.ones(3))]), fused="yes")
+
+
+def test_a_group_changed_after_construction_is_refused_at_the_step():
+    init, loss_fn = make_problem()
+    params = [torch.nn.Parameter(p.clone()) for p in init]
+    optimizer = L4(torch.optim.Adam(params, eps=1e-4), fused=True)
+    _train(optimizer, params, loss_fn, range(1, 3))
+    optimizer.param_groups[0]["amsgrad"] = True
+    before = _snapshot(optimizer, params)
+    with pytest.raises(ValueError, match="amsgrad=True"):
+        optimizer.step(_closure(optimizer, params, loss_fn, 3))
+    _assert_same(before, _snapshot(optimizer, params))
+
+
+def test_a_kernel_that_cannot_compile_changes_nothing(monkeypatch):
+    """Without a working torch.compile (no C++ compiler), the first step says so and leaves
+    the parameters, the base's state and L4's state as they were."""
+
+    def unavailable(name, function):
+        def raise_error(*args):
+            raise OSError("no C++ compiler found")
+
+        return raise_error
+
+    monkeypatch.setattr(fused_module, "_compiled", unavailable)
+    init, loss_fn = make_problem()
+    params = [torch.nn.Parameter(p.clone()) for p in init]
+    optimizer = L4(torch.optim.Adam(params, eps=1e-4), fused=True)
+    before = _snapshot(optimizer, params)
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler found.*use fused=False"):
+        optimizer.step(_closure(optimizer, params, loss_fn, 1))
+    _assert_same(before, _snapshot(optimizer, params))
+    assert not optimizer.base_optimizer.state
