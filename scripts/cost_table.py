@@ -6,8 +6,10 @@ number in it is read from those JSON files, with the target each method must mee
 
 Usage (from the repository root):
     python scripts/cost_table.py --out benchmarks/results/l4/cost \\
-        --tasks fmnist_mlp:100,wide_mlp:60 --methods l4_adam_wrapper,l4adam,l4mom \\
-        --target l4_adam_wrapper=1.10 --target l4adam=1.10 --target l4mom=1.10
+        --tasks fmnist_mlp:100,wide_mlp:60 \\
+        --methods l4_adam_wrapper_fused,l4_adam_wrapper,l4adam,l4mom \\
+        --target l4_adam_wrapper_fused=1.10 --target l4_adam_wrapper=1.10 \\
+        --target l4adam=1.10 --target l4mom=1.10
     python scripts/cost_table.py --out DIR ... --readme-only
 """
 
