@@ -53,7 +53,10 @@ def readme(out: Path, targets: dict[str, float], title: str) -> str:
         "Each ratio is the median over the repeated interleaved measurements (one process, the "
         "methods taking turns step by step on the same batches) of the ratio of the method's "
         "median full step (forward, backward, update) to its base's, with the min–max over "
-        "the repeats. A target holds on the median.",
+        "the repeats. A target holds on the median. Peak MB is the rise of the peak resident "
+        "memory of a child process that runs only that method, from just before its first "
+        "step: for a method compiled with torch.compile (`*_fused`) it includes the "
+        "compilation that the first step does.",
         "",
         "| task | method | base | ms/step | ratio to base (min–max) | target | met | peak MB |",
         "|---|---|---|---|---|---|---|---|",
