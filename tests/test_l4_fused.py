@@ -120,3 +120,83 @@ def test_a_kernel_that_cannot_compile_changes_nothing(monkeypatch):
         optimizer.step(_closure(optimizer, params, loss_fn, 1))
     _assert_same(before, _snapshot(optimizer, params))
     assert not optimizer.base_optimizer.state
+
+
+def test_groups_with_their_own_settings_and_a_parameter_without_gradient():
+    """Per-group beta2, eps and weight decay reach the kernels; a parameter without a
+    gradient is skipped as torch's Adam skips it."""
+    init, loss_fn = make_problem()
+    runs = []
+    for fused in (False, True):
+        params = [torch.nn.Parameter(p.clone()) for p in init]
+        spare = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+        base = torch.optim.AdamW(
+            [
+                {"params": params[:2], "betas": (0.9, 0.99), "eps": 1e-3, "weight_decay": 0.0},
+                {"params": [*params[2:], spare], "eps": 1e-4, "weight_decay": 0.2},
+            ],
+            lr=1e-3,
+        )
+        optimizer = L4(base, fused=fused)
+        _train(optimizer, params, loss_fn, range(1, 31))
+        assert spare.grad is None and torch.equal(spare, torch.ones(3, dtype=torch.float64))
+        assert spare not in base.state
+        runs.append(([p.detach().clone() for p in params], optimizer.state_dict()))
+    (probed, probed_state), (fused_params, fused_state) = runs
+    assert_close_lists(fused_params, probed, rtol=1e-9, atol=1e-12)
+    for index, entry in probed_state["state"].items():
+        assert torch.equal(entry["step"], fused_state["state"][index]["step"])
+        torch.testing.assert_close(entry["exp_avg_sq"], fused_state["state"][index]["exp_avg_sq"])
+
+
+def test_a_second_kernel_that_cannot_compile_is_a_refused_step(monkeypatch):
+    """The step kernel compiles at the first step that moves. If that fails, the weights
+    stay where they were, the moments and counts have advanced (as in a refused step, which
+    L4 counts), and the error says to use fused=False."""
+    compiled = fused_module._compiled
+
+    def apply_unavailable(name, function):
+        if name == "apply":
+
+            def raise_error(*args):
+                raise OSError("no C++ compiler found")
+
+            return raise_error
+        return compiled(name, function)
+
+    monkeypatch.setattr(fused_module, "_compiled", apply_unavailable)
+    init, loss_fn = make_problem()
+    params = [torch.nn.Parameter(p.clone()) for p in init]
+    optimizer = L4(torch.optim.Adam(params, eps=1e-4), fused=True)
+    weights = [p.detach().clone() for p in params]
+    with pytest.raises(RuntimeError, match="use fused=False"):
+        optimizer.step(_closure(optimizer, params, loss_fn, 1))
+    _assert_same(weights, [p.detach() for p in params])
+    assert all(optimizer.base_optimizer.state[p]["step"] == 1 for p in params)
+    assert optimizer.diagnostics()["skipped_steps"] == 1
+
+
+def test_past_the_recompile_limit_the_step_says_so(monkeypatch):
+    """Each new model compiles again; past the limit the step raises a RuntimeError that
+    names the limit, and that step changes nothing."""
+    monkeypatch.setattr(fused_module, "RECOMPILE_LIMIT", 1)
+    failures = []
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for width in (7, 11, 13):
+            params = [torch.nn.Parameter(torch.ones(3, width))]
+            optimizer = L4(torch.optim.Adam(params), fused=True)
+
+            def closure(params=params, optimizer=optimizer):
+                optimizer.zero_grad()
+                loss = (params[0] ** 2).sum()
+                loss.backward()
+                return loss
+
+            before = _snapshot(optimizer, params)
+            try:
+                optimizer.step(closure)
+            except RuntimeError as error:
+                assert "recompile_limit" in str(error) and "fused=False" in str(error)
+                _assert_same(before, _snapshot(optimizer, params))
+                failures.append(width)
+    assert failures, "three new models under a limit of one must hit it"

@@ -109,37 +109,38 @@ register_method(
         paper=PAPER,
     )
 )
-register_method(
-    MethodSpec(
-        name="l4_adam_wrapper",
-        summary=(
-            "L4(torch.optim.Adam(eps=1e-4)): L4's step size over the base's own update at lr 1, "
-            "the wrapper's cost against Adam"
-        ),
-        kind="lrkit",
-        make_optimizer=lambda params, **hparams: L4(
-            torch.optim.Adam(params, eps=1e-4, foreach=True), **hparams
-        ),
-        defaults={**L4_DEFAULTS, "grad_beta": 0.9},
-        tunable=("alpha",),
-        base="adam",
-        paper=PAPER,
+WRAPPER_SUMMARIES = {
+    "l4_adam_wrapper": (
+        "L4(torch.optim.Adam(eps=1e-4)): L4's step size over the base's own update at lr 1, "
+        "the wrapper's cost against Adam"
+    ),
+    "l4_adam_wrapper_fused": (
+        "L4(torch.optim.Adam(eps=1e-4), fused=True): the same update as l4_adam_wrapper, "
+        "Adam's moments and L4's step in two torch.compile kernels (the first step compiles)"
+    ),
+}
+
+
+def _l4_over_adam(fused: bool) -> Any:
+    """The factory of L4(torch.optim.Adam(eps=1e-4)) with or without ``fused``."""
+
+    def make(params: Any, **hparams: Any) -> L4:
+        base = torch.optim.Adam(params, eps=1e-4, foreach=None if fused else True)
+        return L4(base, fused=fused, **hparams)
+
+    return make
+
+
+for _name, _fused in (("l4_adam_wrapper", False), ("l4_adam_wrapper_fused", True)):
+    register_method(
+        MethodSpec(
+            name=_name,
+            summary=WRAPPER_SUMMARIES[_name],
+            kind="lrkit",
+            make_optimizer=_l4_over_adam(_fused),
+            defaults={**L4_DEFAULTS, "grad_beta": 0.9},
+            tunable=("alpha",),
+            base="adam",
+            paper=PAPER,
+        )
     )
-)
-register_method(
-    MethodSpec(
-        name="l4_adam_wrapper_fused",
-        summary=(
-            "L4(torch.optim.Adam(eps=1e-4), fused=True): the same update as l4_adam_wrapper, "
-            "Adam's moments and L4's step in two torch.compile kernels (the first step compiles)"
-        ),
-        kind="lrkit",
-        make_optimizer=lambda params, **hparams: L4(
-            torch.optim.Adam(params, eps=1e-4), fused=True, **hparams
-        ),
-        defaults={**L4_DEFAULTS, "grad_beta": 0.9},
-        tunable=("alpha",),
-        base="adam",
-        paper=PAPER,
-    )
-)

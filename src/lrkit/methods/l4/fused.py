@@ -38,8 +38,9 @@ from lrkit.methods.probe import base_gradient_average
 
 FUSED_BASES = (torch.optim.Adam, torch.optim.AdamW)
 _COMPILED: dict[str, Callable[..., Any]] = {}
-# Every model shape, dtype and hyperparameter value compiles once more; torch's default limit
-# (8 per function) turns the ninth into an error under fullgraph=True.
+# Every model shape, dtype and hyperparameter value compiles once more, counted per function
+# over the whole process; torch's default limit (8) turns the ninth into an error under
+# fullgraph=True. Past this many, the step says so (and fused=False runs without compiling).
 RECOMPILE_LIMIT = 64
 
 
@@ -53,7 +54,7 @@ def check_fused_group(
             f"L4(fused=True) runs torch.optim.Adam or AdamW updates itself; {name} is not one "
             "of them: use fused=False"
         )
-    for flag in ("amsgrad", "capturable", "differentiable"):
+    for flag in ("amsgrad", "capturable", "differentiable", "fused"):
         if group.get(flag, False):
             raise ValueError(
                 f"param group {index} of {name} has {flag}=True, which L4(fused=True) does not "
@@ -66,6 +67,11 @@ def check_fused_group(
             f"{grad_beta!r}) and, for Adam, weight_decay 0 or decoupled_weight_decay=True: "
             "use fused=False"
         )
+
+
+def _scalar_dtype() -> torch.dtype:
+    """The dtype torch.optim.Adam gives a new step counter (its ``_get_scalar_dtype()``)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
 def _decay(base: torch.optim.Optimizer, group: dict[str, Any]) -> float:
@@ -123,12 +129,19 @@ def _compiled(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _call(name: str, function: Callable[..., Any], *args: Any) -> Any:
+    limit = max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)
     try:
         try:
             return _compiled(name, function)(*args)
-        except torch._dynamo.exc.FailOnRecompileLimitHit:
-            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        except torch._dynamo.exc.FailOnRecompileLimitHit:  # raised before anything ran
+            with torch._dynamo.config.patch(recompile_limit=limit):
                 return _compiled(name, function)(*args)
+    except torch._dynamo.exc.FailOnRecompileLimitHit as error:
+        raise RuntimeError(
+            f"L4(fused=True) has compiled its kernel for {limit} different models, dtypes or "
+            "hyperparameter values in this process (each compiles once): raise "
+            "torch._dynamo.config.recompile_limit, or use fused=False"
+        ) from error
     except Exception as error:  # compilation (no C++ compiler, no Triton) or an unsupported op
         raise RuntimeError(
             f"L4(fused=True) could not run its compiled kernel ({type(error).__name__}: "
@@ -161,8 +174,8 @@ class FusedAdamDirection:
             settings = (beta1, beta2, float(group["eps"]), _decay(base, group))
             for param, grad in zip(group_params, group_grads, strict=True):
                 state = base.state[param]
-                if not state:
-                    state["step"] = torch.tensor(0.0, dtype=torch.get_default_dtype())
+                if not state:  # as torch.optim.Adam's _init_group (not fused, not capturable)
+                    state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
                     state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(
                         param, memory_format=torch.preserve_format
@@ -178,15 +191,16 @@ class FusedAdamDirection:
             self._pending = None
             return params, torch.zeros(0, dtype=torch.float64)
         frozen = tuple(hparams)
-        counts = [t + 1.0 for t in torch.stack(steps).tolist()]
-        biases = torch.tensor(
-            [
-                (1.0 - beta1**t, math.sqrt(1.0 - beta2**t))
-                for (beta1, beta2, _, _), t in zip(frozen, counts, strict=True)
-            ],
-            dtype=torch.float64,
-        )
         try:
+            counts = [float(step) + 1.0 for step in steps]
+            biases = torch.tensor(
+                [
+                    (1.0 - beta1**t, math.sqrt(1.0 - beta2**t))
+                    for (beta1, beta2, _, _), t in zip(frozen, counts, strict=True)
+                ],
+                dtype=torch.float64,
+                device=params[0].device,
+            )
             products = _call(
                 "moments_and_dots",
                 _moments_and_dots,
@@ -197,7 +211,7 @@ class FusedAdamDirection:
                 biases,
                 frozen,
             )
-        except RuntimeError:
+        except Exception:
             for param in created:
                 del base.state[param]
             raise
@@ -206,8 +220,11 @@ class FusedAdamDirection:
         return params, products
 
     def finish(self, step_size: Tensor | None) -> None:
-        """w ← w − η·v for the parameters of the last :meth:`dots`; ``None``: no move."""
+        """w ← w − η·v for the parameters of the last :meth:`dots`; ``None``: no move. The
+        first step that moves compiles this kernel: if that fails, the weights have not
+        moved but the moments and step counts have (the caller records a refused step)."""
         pending, self._pending = self._pending, None
         if pending is None or step_size is None or not pending[0]:
             return
-        _call("apply", _apply, *pending, step_size.to(torch.float64).reshape(()))
+        device = pending[0][0].device
+        _call("apply", _apply, *pending, step_size.to(device, torch.float64).reshape(()))

@@ -179,7 +179,18 @@ class L4(WrapsOptimizer, L4Rule):
         grad_dot_direction = weighted_sum(products, weights, device)
         l_min_used, per_alpha, usable = self._step_size(l4_loss, grad_dot_direction, hparams)
         finite, take = torch.stack([torch.isfinite(grad_dot_direction), usable]).tolist()
-        self._fused.finish(per_alpha * hparams["alpha"] if finite and take else None)
+        try:
+            self._fused.finish(per_alpha * hparams["alpha"] if finite and take else None)
+        except RuntimeError:  # the second kernel did not compile: the weights did not move
+            self._record(
+                l4_loss,
+                l_min_used,
+                per_alpha,
+                torch.zeros_like(usable),
+                grad_dot_direction,
+                hparams,
+            )
+            raise
         self._record(l4_loss, l_min_used, per_alpha, usable, grad_dot_direction, hparams)
 
     def _gradient_estimates(
