@@ -467,6 +467,7 @@ BASE_OVERFLOW = (
 @example(log10_scale=-30.0, dtype=torch.float32)
 @example(log10_scale=30.0, dtype=torch.bfloat16)
 @example(log10_scale=-30.0, dtype=torch.float16)
+@example(log10_scale=-3.0, dtype=torch.float16)
 def test_loss_scale_extremes(config: MethodConfig, log10_scale: float, dtype: torch.dtype) -> None:
     """Two steps with the loss (and so every gradient) scaled by 10^x, x in [-30, 30], in
     each dtype; each step refused with nothing changed (e.g. a float16 loss of inf) or

@@ -31,8 +31,9 @@ import torch
 from torch import Tensor
 
 MAX_SHIFT_PER_MULTIPLY = 60
-"""Buffers are rescaled in factors of at most 2^60: a Python scalar becomes the tensor's
-dtype before it multiplies, and 2^-200 is 0 in float32."""
+"""Buffers are rescaled in factors of at most 2^60 (fewer where the dtype's range is smaller,
+see :func:`multiply_by_power_of_two_`): a Python scalar becomes the tensor's dtype before it
+multiplies, and 2^-200 is 0 in float32."""
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,21 @@ def band(dtypes: Iterable[torch.dtype]) -> Band:
 
 
 def multiply_by_power_of_two_(tensors: Sequence[Tensor], exponent: int) -> None:
-    """tensors ← tensors·2^exponent, exactly, in steps of at most 2^60."""
-    while exponent and tensors:
-        step = max(-MAX_SHIFT_PER_MULTIPLY, min(MAX_SHIFT_PER_MULTIPLY, exponent))
-        torch._foreach_mul_(list(tensors), 2.0**step)
-        exponent -= step
+    """tensors ← tensors·2^exponent, exactly, in steps of at most 2^60 — and at most the
+    largest power of two with a normal reciprocal in the tensors' dtype (float16: 2^14):
+    ``torch._foreach_mul_`` rounds its scalar to the tensors' dtype first (2^22 in float16 is
+    inf), where ``Tensor.mul_`` would not."""
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for tensor in tensors:
+        by_dtype.setdefault(tensor.dtype, []).append(tensor)
+    for dtype, group in by_dtype.items():
+        info = torch.finfo(dtype)
+        largest = min(MAX_SHIFT_PER_MULTIPLY, -math.ceil(math.log2(info.tiny)))
+        remaining = exponent
+        while remaining:
+            step = max(-largest, min(largest, remaining))
+            torch._foreach_mul_(group, 2.0**step)
+            remaining -= step
 
 
 @dataclass
