@@ -129,6 +129,24 @@ def test_train_without_scikit_learn_is_one_line() -> None:
     assert line.startswith("lrkit train: ") and "pip install 'lrkit[sklearn]'" in line
 
 
+def test_missing_data_is_an_error_message_not_a_traceback(tmp_path: Path) -> None:
+    """Without Fashion-MNIST anywhere lrkit looks, the command says where it looked and how
+    to get the files, with exit status 2 and no traceback."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    prelude = (
+        "import lrkit.data.root as root\n"
+        f"root._candidates = lambda root_, names: [__import__('pathlib').Path({str(empty)!r})]"
+    )
+    result = run_lrkit(
+        *("train", "--task", "fmnist_mlp_subset", "--method", "adam", "--no-progress"),
+        prelude=prelude,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("lrkit train: could not find the fashion-mnist data")
+    assert "apt-get install dataset-fashion-mnist" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("method", "extra"), [("prodigy", "peers"), ("levenberg_marquardt", "scipy")]
 )
@@ -236,7 +254,9 @@ def test_bench_script_passes_out_once(
     fake_lrkit = tmp_path / ".venv" / "bin" / "lrkit"
     fake_lrkit.parent.mkdir(parents=True)
     fake_lrkit.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
-    for path in (script, tmp_path / "scripts" / "setup.sh", fake_lrkit):
+    fake_python = tmp_path / ".venv" / "bin" / "python"  # "the data are there": no apt-get
+    fake_python.write_text("#!/usr/bin/env bash\nexit 0\n")
+    for path in (script, tmp_path / "scripts" / "setup.sh", fake_lrkit, fake_python):
         path.chmod(0o755)
     completed = subprocess.run(
         ["bash", str(script), *extra, "--no-progress"],
@@ -253,3 +273,38 @@ def test_bench_script_passes_out_once(
     else:
         assert expected_out in (argv[argv.index("--out") + 1] if "--out" in argv else out_flags[0])
     assert argv[-1] == "--no-progress"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the install branch runs as root (or sudo -n)")
+def test_bench_script_installs_fashion_mnist_where_none_is_found(tmp_path: Path) -> None:
+    """Where lrkit finds no Fashion-MNIST, scripts/bench.sh installs Debian's
+    dataset-fashion-mnist (apt-get stubbed here) before it runs the suite."""
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "scripts").mkdir()
+    script = tmp_path / "scripts" / "bench.sh"
+    script.write_text((repo / "scripts" / "bench.sh").read_text())
+    stubs = {
+        tmp_path / "scripts" / "setup.sh": "",
+        tmp_path / ".venv" / "bin" / "lrkit": 'echo "lrkit $*"',
+        tmp_path / ".venv" / "bin" / "python": "exit 1",  # no data found
+        tmp_path / "bin" / "apt-get": f'echo "$*" >> {tmp_path / "apt.log"}',
+    }
+    for path, body in {script: None, **stubs}.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if body is not None:
+            path.write_text(f"#!/usr/bin/env bash\n{body}\n")
+        path.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    completed = subprocess.run(
+        ["bash", str(script), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
+    )
+    assert "installing Debian's dataset-fashion-mnist" in completed.stdout
+    assert (tmp_path / "apt.log").read_text().splitlines() == [
+        "install -y -q dataset-fashion-mnist"
+    ]
+    assert "lrkit bench quick" in completed.stdout

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import lrkit
-from lrkit.data.root import ENV_VAR as DATA_ENV_VAR
+from lrkit.data import root as data_root
 from lrkit.errors import MissingExtraError
 
 DEFAULT_THREADS = 1
@@ -336,8 +336,8 @@ def _add_process_options(parser: argparse.ArgumentParser) -> None:
         "--data-dir",
         metavar="DIR",
         default=argparse.SUPPRESS,
-        help=f"the folder that holds the datasets (sets ${DATA_ENV_VAR} for this command); "
-        f"default: ${DATA_ENV_VAR}, then ../shared/data beside a clone of lrkit, "
+        help=f"the folder that holds the datasets (sets ${data_root.ENV_VAR} for this command); "
+        f"default: ${data_root.ENV_VAR}, then ../shared/data beside a clone of lrkit, "
         "~/.local/share/lrkit, /usr/share/datasets",
     )
     group.add_argument(
@@ -356,22 +356,22 @@ def _process_settings(args: argparse.Namespace, parser: argparse.ArgumentParser)
     both afterwards (``main`` may be called in-process, by tests or a notebook)."""
     import torch
 
-    saved_data, saved_threads = os.environ.get(DATA_ENV_VAR), torch.get_num_threads()
+    saved_data, saved_threads = os.environ.get(data_root.ENV_VAR), torch.get_num_threads()
     data_dir = getattr(args, "data_dir", None)
     if data_dir is not None:
         folder = Path(data_dir).expanduser()
         if not folder.is_dir():
             parser.error(f"--data-dir {data_dir}: no such folder")
-        os.environ[DATA_ENV_VAR] = str(folder.resolve())
+        os.environ[data_root.ENV_VAR] = str(folder.resolve())
     torch.set_num_threads(getattr(args, "threads", DEFAULT_THREADS))
     try:
         yield
     finally:
         torch.set_num_threads(saved_threads)
         if saved_data is None:
-            os.environ.pop(DATA_ENV_VAR, None)
+            os.environ.pop(data_root.ENV_VAR, None)
         else:
-            os.environ[DATA_ENV_VAR] = saved_data
+            os.environ[data_root.ENV_VAR] = saved_data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _process_settings(args, parser):
             return args.func(args)
-    except MissingExtraError as error:
+    except (MissingExtraError, data_root.DataNotFoundError) as error:
         print(f"lrkit {args.command}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
