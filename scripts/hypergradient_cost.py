@@ -4,9 +4,9 @@
    bases sgd and adam are added) on each task; it repeats the interleaved measurement
    three times and reports the median ratio with its min–max: one JSON per task.
 2. The two Hessian–vector products of MARTHE: whole MARTHE steps with each ``hvp`` setting
-   (interleaved with SGD steps, same batches), and the parts of a step timed alone on one
-   batch — SGD's forward+backward+update, ∇L with H·Z by each method, the validation
-   forward+backward — which give the floor of MARTHE's cost relative to SGD.
+   and the parts of a MARTHE step — ∇L alone, ∇L with H·Z by each method, the validation
+   forward+backward — interleaved with SGD steps in one loop; the parts over SGD's step give
+   the floor of MARTHE's cost relative to SGD.
 3. ``README.md`` with those medians and min–max, the targets of issue 9 and whether each is
    met; every number in it is read from the JSON files.
 
@@ -54,7 +54,11 @@ def _timed(function, repeats: int) -> list[float]:
 
 
 def hvp_timing(task_name: str, steps: int, warmup: int = 5) -> dict:
-    """Interleaved MARTHE steps with each HVP and SGD steps; then the parts of one step."""
+    """MARTHE steps with each HVP, SGD steps and the parts of a MARTHE step, interleaved in
+    one loop (the order rotates every step), each on a fresh batch of its own.
+
+    The parts: ∇L alone (one forward+backward, no H·Z), ∇L with H·Z by each method, and the
+    validation forward+backward. Their medians over SGD's median step give the floor."""
     from lrkit.harness.setup import prepare_run
     from lrkit.methods import get_method
     from lrkit.methods.hypergradient.hvp import gradient_and_hvp, validation_gradient
@@ -66,39 +70,43 @@ def hvp_timing(task_name: str, steps: int, warmup: int = 5) -> dict:
     runs = {"sgd": prepare_run(task, get_method("sgd"), steps=total)}
     for hvp in HVPS:
         runs[hvp] = prepare_run(task, get_method("marthe"), hparams={"hvp": hvp}, steps=total)
-    inputs = {name: [run.draw_inputs() for _ in range(total)] for name, run in runs.items()}
-    step_ms: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
+    probe_run = prepare_run(task, get_method("marthe"), steps=total)
+    params = [p for p in probe_run.model.parameters() if p.requires_grad]
+    names_of = [n for n, _ in probe_run.model.named_parameters()]
+    tangents = [torch.randn_like(p) * 1e-3 for p in params]
+
+    def part(kind: str):
+        def measure(inputs) -> None:
+            if kind == "validation_grad":
+                validation_gradient(inputs.validation_closure, params)
+            elif kind == "train_grad":
+                gradient_and_hvp(inputs.closure, params, None)
+            else:
+                hvp = kind.split("/")[1]
+                gradient_and_hvp(inputs.closure, params, tangents, hvp, names_of)
+
+        return measure
+
+    timed = {name: run.take_step for name, run in runs.items()}
+    part_names = ["train_grad", *(f"train_grad_and_hvp/{hvp}" for hvp in HVPS), "validation_grad"]
+    timed.update({name: part(name) for name in part_names})
+    sources = {name: runs.get(name, probe_run) for name in timed}
+    inputs = {name: [sources[name].draw_inputs() for _ in range(total)] for name in timed}
+    elapsed: dict[str, list[float]] = {name: [] for name in timed}
+    names = list(timed)
     for step in range(total):
         for name in names[step % len(names) :] + names[: step % len(names)]:
             started = time.perf_counter()
-            runs[name].take_step(inputs[name][step])
+            timed[name](inputs[name][step])
             if step >= warmup:
-                step_ms[name].append((time.perf_counter() - started) * 1e3)
-    marthe = runs["double_backward"]
-    params = [p for p in marthe.model.parameters() if p.requires_grad]
-    names_of = [n for n, _ in marthe.model.named_parameters()]
-    tangents = [torch.randn_like(p) * 1e-3 for p in params]
-    probe = marthe.draw_inputs()
-    parts = {
-        "train_grad_and_hvp/" + hvp: _timed(
-            lambda hvp=hvp: gradient_and_hvp(probe.closure, params, tangents, hvp, names_of),
-            steps,
-        )
-        for hvp in HVPS
-    }
-    parts["validation_grad"] = _timed(
-        lambda: validation_gradient(probe.validation_closure, params), steps
-    )
-    sgd = runs["sgd"]
-    sgd_inputs = iter([sgd.draw_inputs() for _ in range(steps)])
-    parts["sgd_step"] = _timed(lambda: sgd.take_step(next(sgd_inputs)), steps)
+                elapsed[name].append((time.perf_counter() - started) * 1e3)
+    medians = {name: statistics.median(v) for name, v in elapsed.items()}
     return {
         "task": task_name,
         "steps": steps,
-        "step_ms": {name: statistics.median(v) for name, v in step_ms.items()},
-        "step_ms_all": step_ms,
-        "parts_ms": {name: statistics.median(v) for name, v in parts.items()},
+        "step_ms": {name: medians[name] for name in runs},
+        "step_ms_all": {name: elapsed[name] for name in runs},
+        "parts_ms": {name: medians[name] for name in part_names} | {"sgd_step": medians["sgd"]},
     }
 
 
@@ -166,25 +174,29 @@ def _hvp_section(results: list[dict]) -> list[str]:
         "## Hessian–vector products: double backward vs forward over reverse",
         "",
         "Whole MARTHE steps (registry defaults, validation every step) with each `hvp`, "
-        "interleaved with SGD steps on the same batches; then the parts of a step timed "
-        "alone on one batch (medians, ms). The floor is what MARTHE cannot avoid: the "
-        "training gradient with H·Z, plus the validation forward+backward, over SGD's "
-        "full step.",
+        "SGD steps and the parts of a MARTHE step, all interleaved in one loop, each on "
+        "fresh batches (medians, ms). The floor is what MARTHE cannot avoid: the training "
+        "gradient with H·Z, plus the validation forward+backward, over SGD's full step "
+        "(forward, backward and update). H·Z's own cost is the training gradient with H·Z "
+        "less the training gradient alone, in units of SGD's step.",
         "",
-        "| task | hvp | MARTHE ms/step | × SGD step | ∇L and H·Z alone (ms) | floor (× SGD) |",
-        "|---|---|---|---|---|---|",
+        "| task | hvp | MARTHE ms/step | × SGD step | ∇L and H·Z (ms) | H·Z alone (× SGD) "
+        "| floor (× SGD) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for result in results:
         steps, parts = result["step_ms"], result["parts_ms"]
         for hvp in HVPS:
             alone = parts[f"train_grad_and_hvp/{hvp}"]
             floor = (alone + parts["validation_grad"]) / parts["sgd_step"]
+            product = (alone - parts["train_grad"]) / parts["sgd_step"]
             lines.append(
                 f"| {result['task']} | {hvp} | {steps[hvp]:.2f} | "
-                f"{steps[hvp] / steps['sgd']:.3f} | {alone:.2f} | {floor:.2f} |"
+                f"{steps[hvp] / steps['sgd']:.3f} | {alone:.2f} | {product:.2f} | {floor:.2f} |"
             )
     lines += ["", "Parts of one step (ms): " + "; ".join(
-        f"{r['task']}: SGD step {r['parts_ms']['sgd_step']:.2f}, validation forward+backward "
+        f"{r['task']}: SGD step {r['parts_ms']['sgd_step']:.2f}, training forward+backward "
+        f"{r['parts_ms']['train_grad']:.2f}, validation forward+backward "
         f"{r['parts_ms']['validation_grad']:.2f}" for r in results
     ) + "."]  # fmt: skip
     faster = {r["task"]: min(HVPS, key=lambda h, r=r: r["step_ms"][h]) for r in results}
