@@ -498,3 +498,34 @@ def test_sensitivity_claim_is_undecided_only_when_both_grids_reach_divergence() 
     assert found.held is False and "1/2 points failed" in found.measured
     assert verdict([1e-3, 1e-2], [1e-3, 1e-1, None]).held is True
     assert verdict([1e-3, 1e-1], [1e-3, 1e-2]).held is False
+
+
+def test_quarter_point_table_has_a_row_per_schedule_even_when_a_marthe_seed_failed() -> None:
+    """The Sec. 6 table of resolvable differences: one row per hand-designed schedule and the
+    constant LR, over the seeds that trained; a failed MARTHE seed leaves 4 vs 5, which the
+    claims' five-seed rule would call undecided but the noise estimate still uses."""
+    from lrkit.harness.experiments import Experiment
+    from lrkit.harness.results import ExperimentResult
+    from lrkit.suites.marthe import _quarter_point_table
+
+    def seeds(label: str, values: list[float | None]) -> list[dict]:
+        return [
+            {
+                "label": label,
+                "role": "selected",
+                "config": {"method": label, "seed": seed, "hparams": {}},
+                "final": {} if value is None else {"test_accuracy": value},
+                "diverged": value is None,
+            }
+            for seed, value in enumerate(values)
+        ]
+
+    runs = seeds("marthe", [0.80, 0.82, 0.81, 0.79, None]) + seeds("adam", [0.8, 0.81, 0.8])
+    runs += seeds("adam+sgdr", [0.85, 0.86, 0.84, 0.85, 0.86]) + seeds("adam+x", [0.9])
+    experiment = Experiment(name="t", title="t", task="digits_mlp", contenders=())
+    table = _quarter_point_table(ExperimentResult(experiment, "test_accuracy", True, runs, []))
+    rows = {line.split(" | ")[0]: line for line in table.splitlines() if "marthe −" in line}
+    assert set(rows) == {"| marthe − adam", "| marthe − adam+sgdr", "| marthe − adam+x"}
+    assert "| 4 vs 5 | -4.70 |" in rows["| marthe − adam+sgdr"]
+    assert rows["| marthe − adam+sgdr"].endswith("| no |")
+    assert "fewer than 2 seeds" in rows["| marthe − adam+x"]
