@@ -6,7 +6,8 @@
 2. The two Hessian–vector products of MARTHE: whole MARTHE steps with each ``hvp`` setting
    and the parts of a MARTHE step — ∇L alone, ∇L with H·Z by each method, the validation
    forward+backward — interleaved with SGD steps in one loop; the parts over SGD's step give
-   the floor of MARTHE's cost relative to SGD.
+   the floor of MARTHE's cost relative to SGD. HD-SGD's step and SGD's step plus only the dot
+   product HD adds run in the same loop: HD's floor.
 3. ``README.md`` with those medians and min–max, the targets of issue 9 and whether each is
    met; every number in it is read from the JSON files.
 
@@ -87,10 +88,28 @@ def hvp_timing(task_name: str, steps: int, warmup: int = 5) -> dict:
 
         return measure
 
+    # HD's floor: SGD's step plus the one dot product HD adds, of the fresh gradient with
+    # the previous step's (kept alive, as HD keeps it), and the host read of the result
+    runs["hd_sgd"] = prepare_run(task, get_method("hd_sgd"), steps=total)
+    floor_run = prepare_run(task, get_method("sgd"), steps=total)
+    floor_params = [p for p in floor_run.model.parameters() if p.requires_grad]
+    kept: list[torch.Tensor] = []
+
+    def sgd_plus_dot(inputs) -> None:
+        inputs.closure()
+        grads = [p.grad for p in floor_params]
+        if kept:
+            pairs = zip(grads, kept, strict=True)
+            torch.stack([torch.dot(g.view(-1), u.view(-1)) for g, u in pairs]).tolist()
+        floor_run.method.optimizer.step()
+        kept[:] = grads
+
     timed = {name: run.take_step for name, run in runs.items()}
+    timed["sgd_plus_dot"] = sgd_plus_dot
     part_names = ["train_grad", *(f"train_grad_and_hvp/{hvp}" for hvp in HVPS), "validation_grad"]
     timed.update({name: part(name) for name in part_names})
     sources = {name: runs.get(name, probe_run) for name in timed}
+    sources["sgd_plus_dot"] = floor_run
     inputs = {name: [sources[name].draw_inputs() for _ in range(total)] for name in timed}
     elapsed: dict[str, list[float]] = {name: [] for name in timed}
     names = list(timed)
@@ -106,7 +125,8 @@ def hvp_timing(task_name: str, steps: int, warmup: int = 5) -> dict:
         "steps": steps,
         "step_ms": {name: medians[name] for name in runs},
         "step_ms_all": {name: elapsed[name] for name in runs},
-        "parts_ms": {name: medians[name] for name in part_names} | {"sgd_step": medians["sgd"]},
+        "parts_ms": {name: medians[name] for name in part_names}
+        | {"sgd_step": medians["sgd"], "sgd_plus_dot": medians["sgd_plus_dot"]},
     }
 
 
@@ -201,6 +221,23 @@ def _hvp_section(results: list[dict]) -> list[str]:
     ) + "."]  # fmt: skip
     faster = {r["task"]: min(HVPS, key=lambda h, r=r: r["step_ms"][h]) for r in results}
     lines += ["", "Faster per task: " + ", ".join(f"{t}: `{h}`" for t, h in faster.items()) + "."]
+    lines += [
+        "",
+        "## HD's floor",
+        "",
+        "In the same loop: HD-SGD's step, and SGD's step plus "
+        "only the dot product HD adds (the fresh gradient with the previous step's, kept "
+        "alive as HD keeps it, read on the host), each over SGD's step (medians).",
+        "",
+        "| task | hd_sgd × SGD | SGD + one dot product × SGD |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {r['task']} | {r['step_ms']['hd_sgd'] / r['step_ms']['sgd']:.3f} | "
+        f"{r['parts_ms']['sgd_plus_dot'] / r['step_ms']['sgd']:.3f} |"
+        for r in results
+        if "sgd_plus_dot" in r["parts_ms"]
+    ]
     return lines
 
 
