@@ -215,7 +215,7 @@ def plot_sensitivity(
         xscale="log",
         xlabel="learning rate (tuned hyperparameter)",
         ylabel=result.primary_metric,
-        title=wrapped(f"{result.experiment.title}: LR sensitivity"),
+        title=wrapped(f"{result.experiment.title}: LR sensitivity", width=56),
     )
     if not result.maximize:
         axis.set_yscale("log")
