@@ -210,7 +210,9 @@ def plot_sensitivity(
             continue
         values = result.values(label)
         if values:
-            axis.axhline(float(np.median(values)), label=f"{label} (defaults)", **style(label))
+            axis.axhline(
+                float(np.median(values)), label=f"{label} (no grid search)", **style(label)
+            )
     axis.set(
         xscale="log",
         xlabel="learning rate (tuned hyperparameter)",
