@@ -45,15 +45,6 @@ def run_cost(task: str, steps: int, out: Path) -> dict:
     return {"command": " ".join(shown), "seconds": time.perf_counter() - started}
 
 
-def _timed(function, repeats: int) -> list[float]:
-    values = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        values.append((time.perf_counter() - started) * 1e3)
-    return values
-
-
 def hvp_timing(task_name: str, steps: int, warmup: int = 5) -> dict:
     """MARTHE steps with each HVP, SGD steps and the parts of a MARTHE step, interleaved in
     one loop (the order rotates every step), each on a fresh batch of its own.

@@ -49,6 +49,7 @@ SEC5_HD_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
 SEC5_BETA_GRID = (1e-6, 1e-5, 1e-4, 1e-3)
 SEC5_KAPPA_GRID = (1e-10, 1e-9, 1e-8, 1e-7)
 FIXED_MU = 0.9
+SEC6_BASES = ("momentum", "adam")  # the constant-LR contenders of Sec. 6
 SEC6_MOMENTUM_GRID = (0.01, 0.03, 0.1)
 SEC6_ADAM_GRID = (3e-4, 1e-3, 3e-3)
 SEC6_HD_GRID = (1e-4, 1e-3, 1e-2)
@@ -225,7 +226,7 @@ def _quarter_point_table(result: ExperimentResult) -> str:
     marthe = next((label for label in sorted(labels) if label.startswith("marthe")), None)
     if marthe is None:
         return "\n".join([*lines, "", "No MARTHE runs."])
-    for other in sorted(label for label in labels if "+" in label or label in _SEC6_BASES):
+    for other in sorted(label for label in labels if "+" in label or label in SEC6_BASES):
         ours, theirs = result.values(marthe), result.values(other)
         comparison = compare(ours, theirs, maximize=True, min_seeds=2)
         counts = f"{len(ours)} vs {len(theirs)}"
@@ -239,9 +240,6 @@ def _quarter_point_table(result: ExperimentResult) -> str:
             f"{'yes' if half < 0.25 else 'no'} |"
         )
     return "\n".join(lines)
-
-
-_SEC6_BASES = ("momentum", "adam")
 
 
 # ------------------------------------------------------------------------ figures
